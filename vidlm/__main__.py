@@ -1,0 +1,5 @@
+import sys
+
+from vidlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The `vidlm` command: one subcommand per stage, each its own module's `main(argv)`.
+
+    vidlm data ...        build, inspect and tokenize data sets        (vidlm.data.cli)
+    vidlm tokenizer ...   train, evaluate and export the video tokenizer (vidlm.tokenizer.cli)
+    vidlm lm ...          train and export the video LM                (vidlm.lm.cli)
+    vidlm generate ...    sample videos for a task                     (vidlm.lm.generate)
+    vidlm demo            the end-to-end demo on the shapes world      (vidlm.demo)
+    vidlm eval ...        world-simulation evaluation                  (vidlm.evaluate)
+    vidlm bench ...       benchmarks (bench/)                          (vidlm.bench)
+
+Every subcommand also runs as `python -m MODULE`.
+"""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "data": ("vidlm.data.cli", "build, inspect and tokenize data sets"),
+    "tokenizer": ("vidlm.tokenizer.cli", "train, evaluate and export the video tokenizer"),
+    "lm": ("vidlm.lm.cli", "train and export the video LM"),
+    "generate": ("vidlm.lm.generate", "generate videos: t2v, t2i, i2v, extend, connect, loop, edit, long"),
+    "demo": ("vidlm.demo", "end-to-end demo on the shapes world"),
+    "eval": ("vidlm.evaluate", "world-simulation evaluation"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: vidlm COMMAND [options]   (vidlm COMMAND --help for each)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"vidlm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
