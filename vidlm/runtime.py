@@ -1,0 +1,525 @@
+"""The training runtime both trainers share: distributed init, DeepSpeed engines, checkpoints.
+
+One code path for one CPU process, `torchrun`, and the `deepspeed` launcher (N GPUs, a hostfile
+of nodes, or N CPU ranks): gloo on CPU, NCCL on GPU.
+
+    dist = init_distributed(args.local_rank)
+    seed_all(cfg.seed, dist.rank)
+    ds = deepspeed_config(args.deepspeed, micro_batch_size=..., grad_accum=..., grad_clip=...,
+                          precision=..., world_size=dist.world_size)
+    engine = build_engine(model, torch.optim.AdamW(model.parameters()), scheduler, ds)
+    client = load_checkpoint(run_dir, {"model": engine})        # None: a fresh run
+    ...
+    save_checkpoint(run_dir, step, {"model": engine}, {"step": step, "data": loader.state_dict()})
+    finish(dist)
+
+Checkpoint layout (all ranks call save/load; the run dir must be visible to every rank):
+
+    run_dir/step-N/{engine name}/...     DeepSpeed files per engine (model, optimizer, scheduler)
+    run_dir/step-N/rank-R.pt             rank R's RNG states (python, numpy, torch, cuda) and
+                                         client_state; plain containers and tensors only
+    run_dir/step-N/meta.json             step, world size, engine names
+    run_dir/latest                       "step-N", written last, atomically, by rank 0
+
+What resume guarantees:
+- `load_checkpoint` reads `run_dir/latest` and nothing else decides what is loaded; a run dir
+  without `latest` is a fresh run. `latest` is replaced (temp file + os.replace) only after every
+  rank has finished writing step-N, so a crash in the middle of a save leaves `latest` on the
+  previous complete checkpoint, and a half-written step dir is never read.
+- After `load_checkpoint`, every engine's module, optimizer and scheduler state, each rank's
+  python/numpy/torch(/cuda) RNG and the client_state (step, data position, EMA, guard counts,
+  ...) are exactly what they were when `save_checkpoint` was called. A deterministic training
+  loop that puts everything else it needs into client_state therefore reproduces the losses of
+  the uninterrupted run bit for bit (tested for ZeRO 1/2/3, 1 and 2 CPU ranks).
+- Same world size and ZeRO stage as the saved run are required (checked: a clear error).
+- Only our own run dir is loaded. The tag in `latest` must name a `step-N` dir inside run_dir.
+  Our files load with `torch.load(weights_only=True)`; DeepSpeed's own files unpickle, which is
+  why nothing outside the run dir is ever loaded. Published weights are safetensors (export).
+
+Not guaranteed: bitwise equality across different hardware, thread counts or library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidlm.logging import RunLogger  # noqa: F401  (part of the runtime API)
+
+_STEP_TAG = re.compile(r"^step-(\d+)$")
+# Keys the run config owns; a DeepSpeed JSON that sets them is refused.
+_OWNED_KEYS = {
+    "train_batch_size": "batch sizes come from the run config (micro_batch_size x grad_accum x ranks)",
+    "train_micro_batch_size_per_gpu": "set micro_batch_size in the run config",
+    "gradient_accumulation_steps": "set grad_accum in the run config",
+    "gradient_clipping": "set grad_clip in the run config",
+    "optimizer": "the trainer builds a torch optimizer from the run config",
+    "scheduler": "the trainer builds the LR schedule from the run config",
+}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _skip_cpu_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-building its shared-memory comm op on CPU.
+
+    DeepSpeed 0.19's TorchBackend builds `deepspeed_shm_comm` with g++ at start-up (44 s cold on
+    this 2-core CPU, and 66 MB files left in /dev/shm per run). It is used only by
+    `inference_all_reduce` (AutoTP inference), never by training, which all-reduces over gloo.
+    There is no env var or config switch for it: `build_shm_op` builds it whenever
+    `deepspeed.ops.__compatible_ops__` marks it compatible. That dict is DeepSpeed's own
+    per-process cache of probe results, and marking the op incompatible there is the one guard
+    the library checks. This is the only place vidlm touches DeepSpeed state; it must run before
+    the communication backend is created.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed(local_rank: int | None = None) -> Dist:
+    """Join (or create) the process group; idempotent.
+
+    Works as one plain process (fills RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR and a free
+    MASTER_PORT so DeepSpeed does not look for MPI), under `torchrun`, and under the `deepspeed`
+    launcher (pass its `--local_rank`; LOCAL_RANK from the environment is used otherwise).
+    """
+    import logging
+    import warnings
+
+    import deepspeed
+
+    # DeepSpeed 0.19 calls these torch collectives by their deprecated names every step.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
+
+    if local_rank is not None and local_rank >= 0:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"init_distributed: environment sets RANK/WORLD_SIZE but not {missing}; launch with "
+            "torchrun or the deepspeed launcher, or unset RANK and WORLD_SIZE for one process"
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.setdefault("LOCAL_RANK", "0"))
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        _skip_cpu_shm_comm_op()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    return Dist(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add --local_rank (the deepspeed launcher appends it) and --deepspeed PATH."""
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed launcher; LOCAL_RANK from the environment otherwise")
+    parser.add_argument("--deepspeed", metavar="PATH", default=None,
+                        help="DeepSpeed JSON with engine sections only, e.g. recipes/deepspeed/zero2.json "
+                             "(default: ZeRO stage 0); batch sizes, clipping and precision come from --config")
+    return parser
+
+
+def seed_all(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (all devices) with seed + rank.
+
+    Build models after `seed_all(seed)` (the same on every rank; DeepSpeed also broadcasts rank
+    0's weights when it builds an engine), then `seed_all(seed, rank)` for per-rank randomness.
+    """
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def finish(dist: Dist) -> None:
+    """End the job: barrier, flush, and with >1 rank `os._exit(0)`.
+
+    gloo sometimes aborts at interpreter exit with 2+ processes (`terminate called without an
+    active exception`); exiting right after a barrier avoids that race. Close loggers and files
+    first: nothing after this runs in a multi-rank job.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if dist.world_size > 1:
+        os._exit(0)
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def deepspeed_config(path: str | os.PathLike | None, *, micro_batch_size: int, grad_accum: int,
+                     grad_clip: float, precision: str, world_size: int) -> dict:
+    """A DeepSpeed config: engine sections from the JSON at `path`, the rest from our config.
+
+    `path=None` means ZeRO stage 0. The JSON may not set batch sizes, clipping, optimizer or
+    scheduler (they come from the run config); bf16/fp16 `enabled` follow `precision`
+    ("fp32" | "bf16" | "fp16"); fp16 is refused on CPU (DeepSpeed supports it on GPU only).
+    """
+    where = str(path) if path is not None else "(default ZeRO-0 config)"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    for name, value in (("micro_batch_size", micro_batch_size), ("grad_accum", grad_accum),
+                        ("world_size", world_size)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"deepspeed_config: {name} must be a positive integer, got {value!r}")
+    if not grad_clip >= 0:
+        raise ValueError(f"deepspeed_config: grad_clip must be >= 0 (0 = off), got {grad_clip!r}")
+    if path is None:
+        cfg: dict = {"zero_optimization": {"stage": 0}}
+    else:
+        try:
+            cfg = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"DeepSpeed config {where} does not exist "
+                                    "(see recipes/deepspeed/zero{0,1,2,3}.json)") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"DeepSpeed config {where} is not valid JSON: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"DeepSpeed config {where} must be a JSON object, got {type(cfg).__name__}")
+    bad = {k: why for k, why in _OWNED_KEYS.items() if k in cfg}
+    if bad:
+        lines = "\n".join(f"  {k}: {why}" for k, why in bad.items())
+        raise ValueError(f"DeepSpeed config {where} sets keys the run config owns; remove them:\n{lines}")
+    on_cpu = not torch.cuda.is_available()
+    for section in ("bf16", "fp16"):
+        sec = cfg.get(section, {})
+        if not isinstance(sec, dict):
+            raise TypeError(f"DeepSpeed config {where}: '{section}' must be an object")
+        if "enabled" in sec and bool(sec["enabled"]) != (precision == section) and sec["enabled"] != "auto":
+            raise ValueError(
+                f"DeepSpeed config {where} sets {section}.enabled={sec['enabled']} but the run config "
+                f"says precision={precision!r}; drop 'enabled' from the JSON (precision decides)")
+    if on_cpu and (precision == "fp16" or cfg.get("fp16", {}).get("enabled") is True):
+        raise ValueError(f"fp16 is not supported by DeepSpeed on CPU ({where}); use precision "
+                         "'fp32' or 'bf16' on CPU, fp16 only on GPU")
+    out = json.loads(json.dumps(cfg))  # deep copy; DeepSpeed mutates its config
+    out["train_micro_batch_size_per_gpu"] = int(micro_batch_size)
+    out["gradient_accumulation_steps"] = int(grad_accum)
+    out["train_batch_size"] = int(micro_batch_size) * int(grad_accum) * int(world_size)
+    out["gradient_clipping"] = float(grad_clip)
+    out["bf16"] = {**out.get("bf16", {}), "enabled": precision == "bf16"}
+    out["fp16"] = {**out.get("fp16", {}), "enabled": precision == "fp16"}
+    out.setdefault("zero_allow_untested_optimizer", True)
+    out.setdefault("steps_per_print", 2**31 - 1)  # we log ourselves
+    return out
+
+
+def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, ds_config: dict):
+    """Wrap model + a torch optimizer (+ optional LR scheduler) in a DeepSpeed engine.
+
+    The engine steps the scheduler at each optimizer step and saves it with checkpoints.
+    """
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        raise RuntimeError("build_engine: call init_distributed() first")
+    cfg = json.loads(json.dumps(ds_config))
+    cfg.setdefault("zero_allow_untested_optimizer", True)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg)
+    return engine
+
+
+def zero_stage(engine) -> int:
+    return int(engine.zero_optimization_stage())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _check_plain(obj, where: str = "client_state") -> None:
+    """client_state must load with torch.load(weights_only=True): containers, numbers, tensors."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where}: key {k!r} must be str or int")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor))):
+        raise TypeError(f"{where} is a {type(obj).__name__}; checkpoints hold only dicts, lists, numbers, "
+                        "strings and tensors (call .state_dict() or convert it)")
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def latest_step_dir(run_dir: str | os.PathLike) -> Path | None:
+    """The step dir `run_dir/latest` names, or None without `latest`; refuses anything else."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / "latest"
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    step_dir = run_dir / tag
+    if not _STEP_TAG.match(tag) or step_dir.is_symlink() or not step_dir.is_dir():
+        raise RuntimeError(f"{pointer} says {tag!r}, which is not a step-N dir inside {run_dir}; "
+                           "the run dir is damaged (fix or delete 'latest' to start fresh)")
+    return step_dir
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, engines: dict, client_state: dict,
+                    *, keep_last: int = 0) -> Path:
+    """Save every engine, each rank's RNG and client_state as run_dir/step-{step}; then `latest`.
+
+    Collective: every rank calls it. `keep_last > 0` deletes older step dirs beyond that many,
+    after `latest` moved. Saving the step `latest` already names is a no-op.
+    """
+    run_dir = Path(run_dir)
+    rank, world = _rank_world()
+    tag = f"step-{int(step)}"
+    step_dir = run_dir / tag
+    _check_plain(client_state)
+    for name, engine in engines.items():
+        if engine.micro_steps % engine.gradient_accumulation_steps() != 0:
+            raise RuntimeError(
+                f"save_checkpoint at step {step}: engine {name!r} is in the middle of a gradient "
+                f"accumulation window ({engine.micro_steps} micro steps, accumulating "
+                f"{engine.gradient_accumulation_steps()}); DeepSpeed does not save partial gradients, "
+                "so save only right after an optimizer step")
+    rng = _rng_state()  # before DeepSpeed runs anything
+    current = latest_step_dir(run_dir)
+    if current is not None and current.name == tag:
+        return step_dir
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if step_dir.exists():  # left by a crashed save: never referenced, replace it whole
+            shutil.rmtree(step_dir)
+        step_dir.mkdir()
+    _barrier()
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(step_dir), tag=name, client_state={}, save_latest=False)
+    torch.save({"rng": rng, "client_state": client_state}, step_dir / f"rank-{rank}.pt")
+    if rank == 0:
+        meta = {"step": int(step), "world_size": world, "engines": sorted(engines),
+                "zero_stages": {n: zero_stage(e) for n, e in engines.items()}}
+        (step_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    _barrier()  # every rank has written everything for this step
+    if rank == 0:
+        _write_atomic(run_dir / "latest", tag + "\n")
+        if keep_last > 0:
+            steps = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
+                           if (m := _STEP_TAG.match(p.name)) and p.is_dir())
+            for s, p in steps[:-keep_last]:
+                if s < step:
+                    shutil.rmtree(p, ignore_errors=True)
+    _barrier()
+    return step_dir
+
+
+def load_checkpoint(run_dir: str | os.PathLike, engines: dict) -> dict | None:
+    """Resume from run_dir/latest: engines, this rank's RNG; returns client_state (None: fresh).
+
+    Collective: every rank calls it, with engines built exactly as in the saved run.
+    """
+    run_dir = Path(run_dir)
+    step_dir = latest_step_dir(run_dir)
+    if step_dir is None:
+        return None
+    rank, world = _rank_world()
+    meta = json.loads((step_dir / "meta.json").read_text())
+    if meta["world_size"] != world:
+        raise RuntimeError(f"{step_dir} was saved by {meta['world_size']} ranks, this job has {world}; "
+                           "resume with the same number of ranks")
+    if sorted(engines) != meta["engines"]:
+        raise RuntimeError(f"{step_dir} holds engines {meta['engines']}, asked to load {sorted(engines)}")
+    for name, engine in engines.items():
+        saved = meta.get("zero_stages", {}).get(name)
+        if saved is not None and saved != zero_stage(engine):
+            raise RuntimeError(f"{step_dir}: engine {name!r} was saved with ZeRO stage {saved}, "
+                               f"this run uses stage {zero_stage(engine)}; use the same DeepSpeed JSON")
+        path, _ = engine.load_checkpoint(str(step_dir), tag=name, load_optimizer_states=True,
+                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load engine {name!r} from {step_dir / name}")
+    mine = torch.load(step_dir / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
+    _set_rng_state(mine["rng"])
+    _barrier()
+    return mine["client_state"]
+
+
+# ----------------------------------------------------------------------------- training helpers
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses: the run is diverging."""
+
+
+class NonFiniteGuard:
+    """Skip steps whose loss is NaN/inf; stop after `limit` skips.
+
+    `guard(loss)` returns True when the loss is finite on every rank (do the step) and False
+    when it is not on some rank (skip backward and step on all ranks, so they stay in lockstep).
+    Up to `limit` skips are tolerated over the run; the next one raises NonFiniteLossError.
+    `state_dict()` goes into client_state so the count survives a resume.
+    """
+
+    def __init__(self, limit: int = 10):
+        self.limit = int(limit)
+        self.skipped = 0
+
+    def guard(self, loss: torch.Tensor, step: int | None = None) -> bool:
+        ok = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if bool(ok.item()):
+            return True
+        self.skipped += 1
+        if self.skipped > self.limit:
+            at = f" at step {step}" if step is not None else ""
+            raise NonFiniteLossError(
+                f"non-finite loss{at}: {self.skipped} steps skipped, more than the limit of {self.limit}. "
+                "The run is diverging: lower the learning rate, check the data, or use fp32/bf16 "
+                "instead of fp16; resume from the last checkpoint after fixing it")
+        return False
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state["skipped"])
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (fp32 shadow copies), plus buffers.
+
+    `update()` after each optimizer step: shadow = decay * shadow + (1 - decay) * param.
+    Needs whole parameters, so ZeRO 0-2 only: under ZeRO-3 each rank holds a shard and EMA
+    refuses with an error (gathering the full model every step would undo ZeRO-3's saving).
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        _refuse_zero3(module)
+        self.module, self.decay, self.num_updates = module, float(decay), 0
+        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters()}
+        self.buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module | None = None) -> None:
+        module = self.module if module is None else module
+        for n, p in module.named_parameters():
+            self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+        for n, b in module.named_buffers():
+            self.buffers[n].copy_(b)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> None:
+        """Load the averaged weights into `module` (same architecture)."""
+        _refuse_zero3(module)
+        for n, p in module.named_parameters():
+            p.copy_(self.shadow[n].to(p.dtype))
+        for n, b in module.named_buffers():
+            b.copy_(self.buffers[n])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates,
+                "shadow": dict(self.shadow), "buffers": dict(self.buffers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("EMA state does not match the module's parameters")
+        self.decay, self.num_updates = float(state["decay"]), int(state["num_updates"])
+        for n, t in state["shadow"].items():
+            self.shadow[n].copy_(t)
+        for n, t in state["buffers"].items():
+            self.buffers[n].copy_(t)
+
+
+def _refuse_zero3(module: torch.nn.Module) -> None:
+    if any(hasattr(p, "ds_id") for p in module.parameters()):
+        raise RuntimeError("EMA needs whole parameters but this module is partitioned by ZeRO-3; "
+                           "use ZeRO stage 0-2 (recipes/deepspeed/zero2.json) for runs with EMA")
