@@ -1,0 +1,169 @@
+"""The causal 3D VQGAN tokenizer: causality, image == first frame, shapes, chunked == one-shot,
+quantizer options, and safetensors save/load."""
+
+import json
+
+import pytest
+import torch
+from vidlm.tokenizer.config import PRESETS, TokenizerConfig
+from vidlm.tokenizer.model import VideoTokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(name="debug", seed=0, **kw):
+    torch.manual_seed(seed)
+    return VideoTokenizer(TokenizerConfig.from_name(name, **kw)).eval()
+
+
+def video(b=2, t=9, h=32, w=32, seed=1):
+    return torch.rand(b, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# A small 8x-spatial model, so both factors are covered without the demo preset's cost.
+SMALL8 = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor": 8, "levels": (5, 5, 5),
+          "latent_dim": 4, "norm_groups": 4}
+
+
+@pytest.mark.parametrize("kw", [{}, SMALL8], ids=["s4", "s8"])
+def test_causality_changing_frame_j_never_changes_earlier_latents(kw):
+    m = make(**kw)
+    x = video(t=17)
+    ids = m.encode(x)
+    for j in (0, 1, 4, 5, 8, 13, 16):
+        y = x.clone()
+        y[:, :, j] = torch.rand_like(y[:, :, j]) * 2 - 1
+        k = 0 if j == 0 else (j - 1) // 4 + 1  # the latent frame holding frame j
+        got = m.encode(y)
+        assert torch.equal(got[:, :k], ids[:, :k]), f"frame {j} changed latent frames before {k}"
+        assert not torch.equal(got[:, k], ids[:, k]), f"frame {j} did not reach latent frame {k}"
+    # decoder: changing latent frame k never changes frames before its span
+    rec = m.decode(ids)
+    ids2 = ids.clone()
+    ids2[:, 3] = (ids2[:, 3] + 7) % m.codebook_size
+    rec2 = m.decode(ids2)
+    assert torch.equal(rec2[:, :, :9], rec[:, :, :9]) and not torch.equal(rec2[:, :, 9:13], rec[:, :, 9:13])
+
+
+@pytest.mark.parametrize("kw", [{}, SMALL8], ids=["s4", "s8"])
+def test_image_codes_equal_first_frame_codes(kw):
+    m = make(**kw)
+    x = video(t=13)
+    img = m.encode(x[:, :, :1])
+    assert img.shape[1] == 1
+    assert torch.equal(img[:, 0], m.encode(x)[:, 0])
+    assert torch.equal(m.decode(img)[:, :, 0], m.decode(m.encode(x))[:, :, 0])  # and decodes the same
+
+
+@pytest.mark.parametrize(("t", "h", "w"), [(1, 32, 32), (5, 16, 48), (9, 40, 24), (21, 8, 16)])
+def test_shapes_across_sizes_aspects_and_durations(t, h, w):
+    m = make()
+    ids = m.encode(video(b=1, t=t, h=h, w=w))
+    assert ids.dtype == torch.int64 and ids.shape == (1, 1 + (t - 1) // 4, h // 4, w // 4)
+    assert 0 <= ids.min() and ids.max() < m.codebook_size == 125
+    assert m.decode(ids).shape == (1, 3, t, h, w)
+    assert m.factors == (4, 4)
+
+
+def test_bad_shapes_get_clear_errors():
+    m = make()
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        m.encode(video(t=8))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        m.encode(video(h=30))
+    with pytest.raises(ValueError, match="ids must be in"):
+        m.decode(torch.full((1, 1, 2, 2), 125))
+
+
+@pytest.mark.parametrize("kw", [{}, SMALL8], ids=["s4", "s8"])
+def test_chunked_equals_one_shot(kw):
+    m = make(**kw)
+    x = video(b=1, t=29, h=32, w=32)
+    ids = m.encode(x)
+    rec = m.decode(ids)
+    for chunk in (1, 2, 3):
+        assert torch.equal(m.encode_chunked(x, chunk), ids)
+        torch.testing.assert_close(m.decode_chunked(ids, chunk), rec, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantizer", ["lfq", "vq"])
+def test_other_quantizers(quantizer):
+    m = make(quantizer=quantizer, codebook_size=64).train()
+    x = video(b=1, t=5, h=16, w=16)
+    rec, ids, aux, _ = m(x)
+    assert rec.shape == x.shape and ids.shape == (1, 2, 4, 4) and aux.dim() == 0
+    (rec.abs().mean() + aux).backward()
+    m.eval()
+    ids = m.encode(x)
+    assert m.codebook_size == 64 and ids.max() < 64
+    assert m.decode(ids).shape == x.shape
+    assert torch.equal(m.encode_chunked(x, 1), ids)
+
+
+def test_presets_build_and_document_their_grid():
+    for name in ("debug", "demo", "real-cpu"):
+        cfg = PRESETS[name]
+        assert cfg.name == name and cfg.time_factor == 4 and cfg.spatial_factor in (4, 8)
+    assert PRESETS["demo"].vocab_size == 1000 and PRESETS["demo"].spatial_factor == 8
+    with pytest.raises(ValueError, match="unknown tokenizer preset"):
+        TokenizerConfig.from_name("nope")
+    with pytest.raises(ValueError, match="channel_mult needs"):
+        TokenizerConfig(channel_mult=(1, 2), spatial_factor=8)
+
+
+def test_save_load_bitwise(tmp_path):
+    from vidlm import TokenizerConfig as TC
+    from vidlm import VideoTokenizer as VT
+
+    assert VT is VideoTokenizer and TC is TokenizerConfig
+    m = make(quantizer="vq", codebook_size=32)
+    m.save_pretrained(tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    back = VideoTokenizer.from_pretrained(tmp_path / "tok")
+    assert back.cfg == m.cfg
+    a, b = m.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = video(b=1, t=5)
+    assert torch.equal(back.encode(x), m.encode(x))
+
+
+def test_load_refuses_files_that_are_not_what_they_claim(tmp_path):
+    d = tmp_path / "tok"
+    make().save_pretrained(d)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VideoTokenizer.from_pretrained(tmp_path)
+    weights = (d / "model.safetensors").read_bytes()
+    # a pickle (or anything else) named model.safetensors is refused, never unpickled
+    import pickle
+
+    (d / "model.safetensors").write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        VideoTokenizer.from_pretrained(d)
+    (d / "model.safetensors").write_bytes(weights)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        VideoTokenizer.from_pretrained(d)
+    (d / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a vidlm video tokenizer"):
+        VideoTokenizer.from_pretrained(d)
+    other = tmp_path / "other"
+    make(channels=16, norm_groups=4).save_pretrained(other)
+    (d / "config.json").write_text((other / "config.json").read_text())
+    with pytest.raises(ValueError, match="does not match"):
+        VideoTokenizer.from_pretrained(d)
+
+
+def test_metrics():
+    from vidlm.tokenizer.metrics import code_stats, psnr, ssim
+
+    x = video(b=1, t=5)
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5) and float(psnr(x, x)) == pytest.approx(100.0)
+    y = (x + 0.1).clamp(-1, 1)
+    assert 20 < float(psnr(y, x)) < 30 and float(ssim(y, x)) < 1
+    assert code_stats(torch.tensor([5, 5, 0, 0])) == {"usage": 0.5, "perplexity": pytest.approx(2.0)}

@@ -1,0 +1,187 @@
+"""Tokenizer training: G/D steps touch only their own model, a debug run lowers the loss, exact
+resume, export/eval CLIs, every recipe validates, and a 2-rank run under the deepspeed launcher."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from vidlm.tokenizer import train as tt
+from vidlm.tokenizer.config import DataConfig, LossConfig, TrainConfig
+
+from vidlm import runtime as rt
+from vidlm.config import ConfigError, from_dict, load_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.distributed.*is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def dist():
+    torch.set_num_threads(1)
+    return rt.init_distributed()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from vidlm.data.synthetic import synth_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    synth_shards(out, 2, seed=0, width=32, height=32, frames=9)  # every batch = the val batch: overfit
+    return str(out)
+
+
+def debug_cfg(**kw) -> TrainConfig:
+    cfg = load_yaml(TrainConfig, REPO / "recipes/tokenizer/debug.yaml")
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_g_step_changes_only_g_and_d_step_only_d(dist, shards):
+    cfg = debug_cfg(loss=LossConfig(disc_start=0, gan_weight=0.5, l2_weight=1.0))
+    engines = tt.build_engines(cfg, dist, None)
+    losses = tt.TokenizerLosses(cfg.loss, log=lambda *_: None)
+    guard = rt.NonFiniteGuard(2)
+    x = torch.rand(2, 3, 9, 32, 32) * 2 - 1
+
+    def snap(name):
+        return {n: p.detach().clone() for n, p in engines[name].module.named_parameters()}
+
+    def changed(before, name):
+        return {n for n, p in engines[name].module.named_parameters() if not torch.equal(p, before[n])}
+
+    g0, d0 = snap("generator"), snap("discriminator")
+    recon, _, logs = tt.generator_step(engines, losses, guard, x, step=0)
+    assert "g_adv" in logs and float(logs["adaptive_weight"]) > 0
+    assert changed(g0, "generator") and not changed(d0, "discriminator")
+    g1, d1 = snap("generator"), snap("discriminator")
+    logs = tt.discriminator_step(engines, losses, guard, x, recon, step=0)
+    assert "lecam" in logs and losses.lecam.ema_real != 0.0
+    assert changed(d1, "discriminator") and not changed(g1, "generator")
+    # a non-finite loss is skipped (nothing changes) and counted
+    g2 = snap("generator")
+    bad = x.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    tt.generator_step(engines, losses, guard, bad, step=0)
+    assert guard.skipped == 1 and not changed(g2, "generator")
+
+
+def losses_of(run_dir, first_step=1):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["g_loss"], r.get("d_loss")) for r in rows if r["step"] >= first_step]
+
+
+def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
+    cfg = debug_cfg(steps=16, log_every=1, val_every=8, ckpt_every=8,
+                    loss=LossConfig(disc_start=6, gan_weight=0.1, l2_weight=1.0))
+    straight = tmp_path / "straight"
+    last = tt.main(cfg, run_dir=str(straight), data=shards)
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["psnr_val"] for r in rows if "psnr_val" in r}  # a fixed validation batch
+    assert sorted(val) == [1, 8, 16] and val[16] > val[1] + 1.0, val
+    assert last["step"] == 16 and "psnr_val" in last and 0 < last["usage"] <= 1
+
+    resumed = tmp_path / "resumed"
+    tt.main(cfg, run_dir=str(resumed), data=shards, stop_at=8)
+    assert (resumed / "latest").read_text().strip() == "step-8"
+    tt.main(cfg, run_dir=str(resumed), data=shards)
+    a, b = losses_of(straight), losses_of(resumed)
+    assert [s for s, *_ in b] == list(range(1, 17))
+    assert a == b  # bitwise equal losses, before and after the resume, GAN and LeCAM included
+
+    # export (EMA and raw) and evaluate through the CLI
+    from vidlm.tokenizer.cli import main as cli
+    from vidlm.tokenizer.model import VideoTokenizer
+
+    assert cli(["export", "--run", str(straight), "--out", str(tmp_path / "ema")]) == 0
+    assert cli(["export", "--run", str(straight), "--out", str(tmp_path / "raw"), "--raw"]) == 0
+    ema, raw = (VideoTokenizer.from_pretrained(tmp_path / n) for n in ("ema", "raw"))
+    assert not torch.equal(ema.last_layer, raw.last_layer)
+    report = tmp_path / "eval" / "report.json"
+    assert cli(["eval", "--model", str(tmp_path / "raw"), "--data", shards, "--size", "32x32", "--frames", "9",
+                "--clips", "3", "--batch-size", "2", "--out", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["clips"] == 2 and r["latent_grid"] == [3, 8, 8] and 0 < r["codebook_usage"] <= 1
+    assert r["psnr"] > 5 and 0 < r["ssim"] <= 1 and r["encode_frames_per_s"] > 0
+    assert Path(r["side_by_side"]).stat().st_size > 0
+
+
+def test_every_recipe_validates():
+    recipes = sorted((REPO / "recipes/tokenizer").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"debug", "demo", "real-cpu", "base", "large"}
+    for path in recipes:
+        cfg = load_yaml(TrainConfig, path)
+        model = cfg.tokenizer_config()
+        assert model.name == cfg.preset
+        assert cfg.data.size[0] % model.spatial_factor == 0 and cfg.data.size[1] % model.spatial_factor == 0
+    for path in sorted((REPO / "recipes/deepspeed").glob("*.json")):
+        rt.deepspeed_config(path, micro_batch_size=1, grad_accum=1, grad_clip=1.0, precision="fp32", world_size=1)
+
+
+def test_bad_configs_are_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(TrainConfig, {"stepz": 3})
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(TrainConfig, {"model": {"chanels": 3}})
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        TrainConfig(data=DataConfig(frames=8))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: demo\nloss:\n  gan_wieght: 1\n")
+    from vidlm.tokenizer.cli import main as cli
+
+    with pytest.raises(ConfigError, match="gan_wieght"):
+        cli(["train", "--config", str(bad), "--run", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_under_the_deepspeed_launcher(tmp_path, shards):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-rank launch test")
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text((REPO / "recipes/tokenizer/debug.yaml").read_text()
+                   + "\n# test overrides\nsteps: 4\nckpt_every: 4\nval_every: 4\nlog_every: 2\n")
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(NPROC="2", PYTHON=sys.executable, DEEPSPEED=str(venv_bin / "deepspeed"),
+               PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
+    run = tmp_path / "run"
+    proc = subprocess.run(["bash", REPO / "recipes/launch/cpu.sh", "vidlm.tokenizer.cli train", str(cfg),
+                           "--deepspeed", str(REPO / "recipes/deepspeed/zero2.json"), "--data", shards,
+                           "--run", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run / "latest").read_text().strip() == "step-4"
+    meta = json.loads((run / "step-4" / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["engines"] == ["discriminator", "generator"]
+    assert {p.name for p in (run / "step-4").iterdir()} >= {"rank-0.pt", "rank-1.pt"}
+
+
+def test_perceptual_loss_only_from_a_given_weights_file(tmp_path):
+    from safetensors.torch import save_file
+    from vidlm.tokenizer.losses import TokenizerLosses
+
+    said = []
+    off = TokenizerLosses(LossConfig(), log=said.append)
+    assert off.perceptual is None and "perceptual loss off" in said[0]
+    state, i = {}, 0  # random VGG16 weights (torchvision names) stand in for the user's file
+    c = 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+            i += 1
+            continue
+        state[f"features.{i}.weight"] = torch.randn(v, c, 3, 3) * 0.05
+        state[f"features.{i}.bias"] = torch.zeros(v)
+        c, i = v, i + 2
+    save_file(state, str(tmp_path / "vgg.safetensors"))
+    on = TokenizerLosses(LossConfig(perceptual_weights=str(tmp_path / "vgg.safetensors")), log=said.append)
+    x = torch.rand(1, 3, 2, 32, 32) * 2 - 1
+    _, logs = on.reconstruction(x, x.flip(-1))
+    assert on.perceptual is not None and float(logs["perceptual"]) > 0 and "perceptual loss on" in said[1]
+    assert float(on.reconstruction(x, x)[1]["perceptual"]) == 0.0
+    with pytest.raises(FileNotFoundError):
+        TokenizerLosses(LossConfig(perceptual_weights=str(tmp_path / "none.safetensors")))

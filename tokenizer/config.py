@@ -1,0 +1,246 @@
+"""Configs of the video tokenizer: the model (`TokenizerConfig`, presets) and a training run
+(`TrainConfig`, loaded strictly from recipes/tokenizer/*.yaml).
+
+Presets (grid = latent frames x h x w at the training size; params = encoder + decoder):
+
+    name      train px     factors (t, s)  grid            codebook                 params
+    debug     32x32x9      4, 4            3 x 8 x 8       FSQ 5^3 = 125            0.12 M   CPU, seconds
+    demo      64x64x17     4, 8            5 x 8 x 8 = 320 FSQ 8*5*5*5 = 1000       1.8 M    CPU
+    real-cpu  64x64x17     4, 8            5 x 8 x 8 = 320 FSQ 8^3*5^2 = 12800      6.3 M    CPU
+    base      128x128x17   4, 8            5 x 16 x 16     FSQ 8^3*5^3 = 64000      46 M     GPU
+    large     256x256x17   4, 8            5 x 32 x 32     FSQ 8^3*5^3 = 64000      183 M    GPU
+
+GPU memory of base / large (recipes/tokenizer/{base,large}.yaml) is an estimate from activation
+sizes (about 10-14 GB at micro batch 8 for base at 128 px, 40-60 GB at micro batch 4 for large at
+256 px, bf16), not a measurement: no GPU was available when they were written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    """The causal 3D VQGAN: encoder/decoder widths, factors and the quantizer."""
+
+    name: str = "custom"
+    """Preset name (informational)."""
+    in_channels: int = 3
+    """Video channels (RGB)."""
+    channels: int = 32
+    """Width of the first level (after the input patchify)."""
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    """Width multiplier per level; level i+1 follows a downsampling step (len = steps + 1)."""
+    num_res_blocks: int = 1
+    """Residual blocks per level (encoder; the decoder uses the same)."""
+    patch: int = 1
+    """Spatial patchify of the input (space-to-depth) before the first conv: cheap high-res."""
+    spatial_factor: int = 8
+    """Pixels per code along H and W (patch x 2^spatial downsampling steps)."""
+    time_factor: int = 4
+    """Frames per latent frame after the first (1 + 4k frames -> 1 + k latent frames)."""
+    quantizer: Literal["fsq", "lfq", "vq"] = "fsq"
+    """FSQ (default, no aux loss), LFQ (entropy loss) or VQ (EMA codebook, commitment loss)."""
+    levels: tuple[int, ...] = (8, 5, 5, 5)
+    """FSQ levels per latent dimension (codebook = their product)."""
+    codebook_size: int = 1024
+    """LFQ / VQ codebook size (LFQ: a power of 2)."""
+    latent_dim: int = 8
+    """Channels of the encoder output fed to the quantizer (projected to the code dim inside)."""
+    lfq_entropy_weight: float = 0.1
+    """LFQ entropy loss weight."""
+    vq_commitment_weight: float = 0.25
+    """VQ commitment loss weight."""
+    norm_groups: int = 8
+    """GroupNorm groups (applied per frame: causal in time)."""
+
+    def __post_init__(self):
+        steps = len(self.channel_mult) - 1
+        sp = self.spatial_factor // self.patch
+        if self.spatial_factor % self.patch or sp & (sp - 1) or sp < 1:
+            raise ValueError(f"spatial_factor/patch must be a power of 2, got {self.spatial_factor}/{self.patch}")
+        tf = self.time_factor
+        if tf < 1 or tf & (tf - 1):
+            raise ValueError(f"time_factor must be a power of 2, got {tf}")
+        need = max(int(math.log2(sp)), int(math.log2(tf)))
+        if steps != need:
+            raise ValueError(f"channel_mult needs {need + 1} entries (one per level; {need} downsampling "
+                             f"steps for spatial {sp}x after patch {self.patch} and time {tf}x), got {steps + 1}")
+        for c in (self.channels * m for m in self.channel_mult):
+            if c % self.norm_groups:
+                raise ValueError(f"channel width {c} is not divisible by norm_groups={self.norm_groups}")
+        if self.quantizer == "lfq" and self.codebook_size & (self.codebook_size - 1):
+            raise ValueError(f"LFQ codebook_size must be a power of 2, got {self.codebook_size}")
+
+    @property
+    def vocab_size(self) -> int:
+        return math.prod(self.levels) if self.quantizer == "fsq" else self.codebook_size
+
+    @property
+    def space_steps(self) -> int:
+        return int(math.log2(self.spatial_factor // self.patch))
+
+    @property
+    def time_steps(self) -> int:
+        return int(math.log2(self.time_factor))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> TokenizerConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, TokenizerConfig] = {
+    "debug": TokenizerConfig(name="debug", channels=8, channel_mult=(1, 2, 2), patch=1, spatial_factor=4,
+                             levels=(5, 5, 5), latent_dim=4, norm_groups=4),
+    "demo": TokenizerConfig(name="demo", channels=32, channel_mult=(1, 2, 2), patch=2, spatial_factor=8,
+                            levels=(8, 5, 5, 5), latent_dim=8),
+    "real-cpu": TokenizerConfig(name="real-cpu", channels=48, channel_mult=(1, 2, 2), num_res_blocks=2, patch=2,
+                                spatial_factor=8, levels=(8, 8, 8, 5, 5), latent_dim=8),
+    "base": TokenizerConfig(name="base", channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, patch=1,
+                            spatial_factor=8, levels=(8, 8, 8, 5, 5, 5), latent_dim=16, norm_groups=32),
+    "large": TokenizerConfig(name="large", channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2, patch=1,
+                             spatial_factor=8, levels=(8, 8, 8, 5, 5, 5), latent_dim=16, norm_groups=32),
+}
+
+
+# ----------------------------------------------------------------------------- training run
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """Generator and discriminator losses (tokenizer/losses.py)."""
+
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction loss."""
+    l2_weight: float = 0.0
+    """Weight of the L2 (MSE) reconstruction loss (PSNR is MSE-based)."""
+    quantizer_weight: float = 1.0
+    """Weight of the quantizer's aux loss (LFQ entropy / VQ commitment; FSQ has none)."""
+    gan_weight: float = 0.1
+    """Weight of the adversarial loss (x the adaptive weight); 0 turns the GAN off."""
+    disc_start: int = 1000
+    """First step with the GAN (generator and discriminator); before it, reconstruction only."""
+    adaptive_weight: bool = True
+    """Scale the GAN loss by |grad rec| / |grad gan| at the decoder's last layer (VQGAN)."""
+    adaptive_max: float = 1e4
+    """Clamp of the adaptive weight."""
+    lecam_weight: float = 0.001
+    """LeCAM regularization of the discriminator (0 = off)."""
+    lecam_decay: float = 0.999
+    """EMA decay of the LeCAM anchors (mean real / fake logits)."""
+    perceptual_weights: str | None = None
+    """A local file of perceptual-network weights (safetensors); None: no perceptual loss."""
+    perceptual_weight: float = 0.1
+    """Weight of the perceptual loss when weights are given."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscConfig:
+    """The 3D patch discriminator (tokenizer/discriminator.py)."""
+
+    channels: int = 32
+    """Width of the first layer."""
+    layers: int = 3
+    """Strided (spatial) layers."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """The training clips (vidlm.data.loader)."""
+
+    shards: str | None = None
+    """Shard glob/dir; None: synthesize `synth_clips` shapes-world clips into RUN/data."""
+    synth_clips: int = 64
+    """Clips synthesized when `shards` is None (and --data is not given)."""
+    size: tuple[int, ...] = (64, 64)
+    """Width, height of the synthesized clips; the bucket area is width*height."""
+    frames: int = 17
+    """Frames per training clip (1 + 4k)."""
+    fps: float = 8.0
+    """Sampling rate of the clips."""
+    epoch_batches: int = 100
+    """Batches per rank per epoch (shards are resampled)."""
+    num_workers: int = 0
+    """DataLoader workers."""
+    val_clips: int = 4
+    """Clips of the fixed validation batch (the same on every rank and run, centre crop)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A tokenizer training run (recipes/tokenizer/*.yaml)."""
+
+    preset: str = "debug"
+    """TokenizerConfig preset."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """TokenizerConfig fields overriding the preset."""
+    loss: LossConfig = LossConfig()
+    """Losses."""
+    disc: DiscConfig = DiscConfig()
+    """Discriminator."""
+    data: DataConfig = DataConfig()
+    """Data."""
+    run_dir: str = "runs/tokenizer"
+    """Run folder (checkpoints, TensorBoard, metrics.jsonl); --run overrides."""
+    steps: int = 1000
+    """Optimizer steps."""
+    micro_batch_size: int = 4
+    """Clips per rank per micro step."""
+    grad_accum: int = 1
+    """Micro steps per optimizer step."""
+    lr: float = 3e-4
+    """Generator peak learning rate."""
+    disc_lr: float = 3e-4
+    """Discriminator learning rate."""
+    betas: tuple[float, ...] = (0.5, 0.9)
+    """AdamW betas (both optimizers)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup: int = 50
+    """Linear warm-up steps (then cosine to 10% of the peak)."""
+    grad_clip: float = 1.0
+    """Gradient clipping (0 = off)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32 on CPU; bf16 on GPUs."""
+    ema_decay: float = 0.999
+    """EMA of the generator weights (exported by default)."""
+    seed: int = 0
+    """Seed of everything."""
+    log_every: int = 10
+    """Steps between scalar logs."""
+    val_every: int = 100
+    """Steps between validation PSNR / previews."""
+    ckpt_every: int = 200
+    """Steps between checkpoints (and one at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept."""
+    nonfinite_limit: int = 10
+    """Skipped non-finite steps tolerated before stopping."""
+    threads: int = 0
+    """torch threads per rank (0: leave torch's default)."""
+    max_minutes: float | None = None
+    """Wall-clock budget of the training loop: stop (with a checkpoint) when it is spent."""
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is not one of {sorted(PRESETS)}")
+        if len(self.betas) != 2 or len(self.data.size) != 2:
+            raise ValueError(f"betas and data.size take 2 values, got {list(self.betas)}, {list(self.data.size)}")
+        if (self.data.frames - 1) % 4:
+            raise ValueError(f"data.frames must be 1 + 4k, got {self.data.frames}")
+        self.tokenizer_config()  # model overrides are checked before training
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        from vidlm.config import ConfigError, from_dict, to_dict
+
+        base = to_dict(PRESETS[self.preset])
+        unknown = sorted(set(self.model) - set(base))
+        if unknown:
+            raise ConfigError(f"model: unknown key(s) {unknown}; allowed: {sorted(base)}")
+        return from_dict(TokenizerConfig, {**base, **self.model}, where="model")

@@ -1,0 +1,354 @@
+"""The causal 3D VQGAN video tokenizer (MAGVIT-v2 style): video <-> integer codes.
+
+    tok = VideoTokenizer(TokenizerConfig.from_name("demo"))
+    ids = tok.encode(video)      # (B,3,T,H,W) float in [-1,1], T = 1 + 4k -> (B, 1+k, H/8, W/8) int64
+    rec = tok.decode(ids)        # -> (B,3,T,H,W) float (about [-1,1]; clamp for display)
+
+Causality: every temporal convolution pads (or caches) only the past, normalization is per frame
+and temporal down/up-sampling keeps frame 0 alone, so latent frame k depends on frames
+0..4k only. An image is a one-frame video and its codes equal the first-frame codes of every
+video that starts with it. Streaming: each causal conv keeps the last `kernel - stride` frames
+of its input in a cache dict, so `encode_chunked` / `decode_chunked` compute exactly what the
+one-shot call computes, in pieces.
+
+Weights: `save_pretrained(dir)` writes model.safetensors + config.json; `from_pretrained(dir)`
+reads them back without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .config import TokenizerConfig
+
+FORMAT = "vidlm-video-tokenizer"
+Cache = dict  # {module: Tensor}: the past frames each causal conv needs for the next chunk
+
+
+class CausalConv3d(nn.Module):
+    """3D conv that sees only the past in time: pads kt-1 copies of frame 0 on the first call,
+    prepends the cached last kt-stride input frames on later (streaming) calls."""
+
+    def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1)):
+        super().__init__()
+        kt, kh, kw = kernel
+        self.kt, self.st = kt, stride[0]
+        self.conv = nn.Conv3d(cin, cout, kernel, stride, padding=(0, kh // 2, kw // 2))
+
+    def forward(self, x: Tensor, cache: Cache | None = None, weight: Tensor | None = None) -> Tensor:
+        # x (B,C,T,H,W) -> (B,C',T',H',W'); `weight` replaces the conv's own (adaptive GAN weight)
+        past = None if cache is None else cache.get(self)
+        if past is None:
+            past = x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1)
+        x = torch.cat([past, x], 2)
+        if cache is not None:
+            cache[self] = x[:, :, x.shape[2] - (self.kt - self.st):]
+        if weight is not None:
+            c = self.conv
+            return F.conv3d(x, weight, c.bias, c.stride, c.padding)
+        return self.conv(x)
+
+
+class FrameNorm(nn.GroupNorm):
+    """GroupNorm over (C, H, W) of each frame separately: no statistics across time."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.shape[2]
+        y = super().forward(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.norm1, self.conv1 = FrameNorm(groups, cin), CausalConv3d(cin, cout)
+        self.norm2, self.conv2 = FrameNorm(groups, cout), CausalConv3d(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)
+        h = self.conv2(F.silu(self.norm2(h)), cache)
+        return self.skip(x) + h
+
+
+class Down(nn.Module):
+    """Strided causal conv: space /2 and/or time /2 (frame 0 stays alone: 1+2m -> 1+m)."""
+
+    def __init__(self, cin: int, cout: int, time: bool, space: bool):
+        super().__init__()
+        self.conv = CausalConv3d(cin, cout, stride=(2 if time else 1, 2 if space else 1, 2 if space else 1))
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        return self.conv(x, cache)
+
+
+class Up(nn.Module):
+    """Time x2 by depth-to-time (frame 0's first copy dropped: 1+m -> 1+2m), space x2 by
+    nearest neighbour + causal conv."""
+
+    def __init__(self, cin: int, cout: int, time: bool, space: bool):
+        super().__init__()
+        self.time, self.space = time, space
+        self.tconv = CausalConv3d(cin, cin * 2) if time else None
+        self.conv = CausalConv3d(cin, cout)
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        if self.time:
+            first = cache is None or self not in cache
+            x = rearrange(self.tconv(x, cache), "b (s c) t h w -> b c (t s) h w", s=2)
+            if first:  # latent frame 0 is one frame, not two
+                x = x[:, :, 1:]
+            if cache is not None:
+                cache[self] = True
+        if self.space:
+            t = x.shape[2]
+            x = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), scale_factor=2.0, mode="nearest")
+            x = rearrange(x, "(b t) c h w -> b c t h w", t=t)
+        return self.conv(x, cache)
+
+
+def _widths(cfg: TokenizerConfig) -> list[int]:
+    return [cfg.channels * m for m in cfg.channel_mult]
+
+
+def _down_kinds(cfg: TokenizerConfig) -> list[tuple[bool, bool]]:
+    """(time, space) of each downsampling step: space first, time in the last steps."""
+    steps = len(cfg.channel_mult) - 1
+    return [(i >= steps - cfg.time_steps, i < cfg.space_steps) for i in range(steps)]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        w, g, p = _widths(cfg), cfg.norm_groups, cfg.patch
+        self.patch = p
+        self.conv_in = CausalConv3d(cfg.in_channels * p * p, w[0])
+        self.blocks = nn.ModuleList()
+        kinds = _down_kinds(cfg)
+        for i in range(len(w)):
+            level = nn.ModuleList(ResBlock(w[i], w[i], g) for _ in range(cfg.num_res_blocks))
+            if i < len(kinds):
+                level.append(Down(w[i], w[i + 1], *kinds[i]))
+            self.blocks.append(level)
+        self.norm_out = FrameNorm(g, w[-1])
+        self.conv_out = CausalConv3d(w[-1], cfg.latent_dim)
+
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
+        # x (B,C,T,H,W) -> z (B,D,t,h,w)
+        x = rearrange(x, "b c t (h p) (w q) -> b (c p q) t h w", p=self.patch, q=self.patch)
+        h = self.conv_in(x, cache)
+        for level in self.blocks:
+            for block in level:
+                h = block(h, cache)
+        return self.conv_out(F.silu(self.norm_out(h)), cache)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        w, g, p = _widths(cfg), cfg.norm_groups, cfg.patch
+        self.patch = p
+        self.conv_in = CausalConv3d(cfg.latent_dim, w[-1])
+        self.blocks = nn.ModuleList()
+        kinds = _down_kinds(cfg)
+        for i in reversed(range(len(w))):
+            level = nn.ModuleList(ResBlock(w[i], w[i], g) for _ in range(cfg.num_res_blocks))
+            if i > 0:
+                level.append(Up(w[i], w[i - 1], *kinds[i - 1]))
+            self.blocks.append(level)
+        self.norm_out = FrameNorm(g, w[0])
+        self.conv_out = CausalConv3d(w[0], cfg.in_channels * p * p)
+
+    def features(self, z: Tensor, cache: Cache | None = None) -> Tensor:
+        # z (B,D,t,h,w) -> the last layer's input (B,C0,T,H/p,W/p)
+        h = self.conv_in(z, cache)
+        for level in self.blocks:
+            for block in level:
+                h = block(h, cache)
+        return F.silu(self.norm_out(h))
+
+    def head(self, feats: Tensor, cache: Cache | None = None, weight: Tensor | None = None) -> Tensor:
+        # the last layer: feats -> x (B,C,T,H,W); `weight` replaces conv_out's (adaptive GAN weight)
+        x = self.conv_out(feats, cache, weight)
+        return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=self.patch, q=self.patch)
+
+    def forward(self, z: Tensor, cache: Cache | None = None) -> Tensor:
+        return self.head(self.features(z, cache), cache)
+
+
+class Quantizer(nn.Module):
+    """vector-quantize-pytorch's FSQ / LFQ / VQ behind one interface over (B,D,t,h,w) latents."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.kind = cfg.quantizer
+        if cfg.quantizer == "fsq":
+            from vector_quantize_pytorch import FSQ
+
+            self.q = FSQ(levels=list(cfg.levels), dim=cfg.latent_dim)
+        elif cfg.quantizer == "lfq":
+            from vector_quantize_pytorch import LFQ
+
+            self.q = LFQ(dim=cfg.latent_dim, codebook_size=cfg.codebook_size,
+                         entropy_loss_weight=cfg.lfq_entropy_weight)
+        else:
+            from vector_quantize_pytorch import VectorQuantize
+
+            self.q = VectorQuantize(dim=cfg.latent_dim, codebook_size=cfg.codebook_size,
+                                    commitment_weight=cfg.vq_commitment_weight, decay=0.99)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # z (B,D,t,h,w) -> zq (B,D,t,h,w), ids (B,t,h,w) int64, aux loss ()
+        _, _, t, h, w = z.shape
+        out = self.q(rearrange(z, "b d t h w -> b (t h w) d"))
+        zq, ids = out[0], out[1]
+        aux = out[2] if len(out) > 2 and out[2] is not None else zq.new_zeros(())
+        zq = rearrange(zq, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+        return zq, rearrange(ids.long(), "b (t h w) -> b t h w", t=t, h=h, w=w), aux.sum()
+
+    def embed(self, ids: Tensor) -> Tensor:
+        # ids (B,t,h,w) -> zq (B,D,t,h,w)
+        _, t, h, w = ids.shape
+        flat = rearrange(ids, "b t h w -> b (t h w)")
+        zq = self.q.get_output_from_indices(flat) if self.kind == "vq" else self.q.indices_to_codes(flat)
+        return rearrange(zq, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
+
+
+class VideoTokenizer(nn.Module):
+    """Causal 3D VQGAN: `encode` video -> ids, `decode` ids -> video (see the module doc)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.quantizer, self.decoder = Encoder(cfg), Quantizer(cfg), Decoder(cfg)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def factors(self) -> tuple[int, int]:
+        """(time, space): 1 + time*k frames -> 1 + k latent frames; space pixels per code."""
+        return self.cfg.time_factor, self.cfg.spatial_factor
+
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's output weight (the adaptive GAN weight compares gradients there)."""
+        return self.decoder.conv_out.conv.weight
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(T, H, W) pixels -> (t, h, w) codes; a clear error for sizes the model can't code."""
+        tf, sf = self.factors
+        if frames < 1 or (frames - 1) % tf:
+            raise ValueError(f"video has {frames} frames; the tokenizer needs 1 + {tf}k "
+                             f"(1, {1 + tf}, {1 + 2 * tf}, ...): trim or pad the clip")
+        if height % sf or width % sf or height < sf or width < sf:
+            raise ValueError(f"video is {width}x{height}; width and height must be positive multiples "
+                             f"of {sf} (resize or crop it, e.g. with vidlm.data.buckets.resize_crop)")
+        return 1 + (frames - 1) // tf, height // sf, width // sf
+
+    def _check_video(self, video: Tensor) -> None:
+        if video.dim() != 5 or video.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"expected video (B,{self.cfg.in_channels},T,H,W), got shape {tuple(video.shape)}")
+        self.latent_shape(*video.shape[2:])
+
+    def _check_ids(self, ids: Tensor) -> None:
+        if ids.dim() != 4 or ids.dtype.is_floating_point:
+            raise ValueError(f"expected integer ids (B,t,h,w), got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
+            raise ValueError(f"ids must be in [0, {self.codebook_size}), got [{int(ids.min())}, {int(ids.max())}]")
+
+    def forward(self, video: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Training: video (B,C,T,H,W) in [-1,1] -> recon (B,C,T,H,W), ids (B,t,h,w), aux loss (),
+        and the decoder's last-layer input, detached (for the adaptive GAN weight)."""
+        self._check_video(video)
+        zq, ids, aux = self.quantizer(self.encoder(video))
+        feats = self.decoder.features(zq)
+        return self.decoder.head(feats), ids, aux, feats.detach()
+
+    def encode(self, video: Tensor, cache: Cache | None = None) -> Tensor:
+        """video (B,C,T,H,W) float in [-1,1], T = 1 + 4k -> ids (B, 1+k, H/s, W/s) int64.
+        With `cache` (streaming), calls after the first take 4k frames and return k latent frames."""
+        if cache is None or not cache:
+            self._check_video(video)
+        return self.quantizer(self.encoder(video, cache))[1]
+
+    def decode(self, ids: Tensor, cache: Cache | None = None) -> Tensor:
+        """ids (B,t,h,w) int64 -> video (B,C,1+4(t-1),h*s,w*s) float, about [-1,1] (not clamped).
+        With `cache` (streaming), calls after the first return 4 frames per latent frame."""
+        self._check_ids(ids)
+        return self.decoder(self.quantizer.embed(ids), cache)
+
+    @torch.no_grad()
+    def encode_chunked(self, video: Tensor, chunk_latents: int = 4) -> Tensor:
+        """encode() of a long video in pieces of `chunk_latents` latent frames; equal codes."""
+        self._check_video(video)
+        tf, cache, out = self.cfg.time_factor, {}, []
+        out.append(self.encode(video[:, :, : 1 + tf * chunk_latents], cache))
+        for s in range(1 + tf * chunk_latents, video.shape[2], tf * chunk_latents):
+            out.append(self.encode(video[:, :, s: s + tf * chunk_latents], cache))
+        return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def decode_chunked(self, ids: Tensor, chunk_latents: int = 4) -> Tensor:
+        """decode() of a long code grid in pieces of `chunk_latents` latent frames."""
+        cache: Cache = {}
+        out = [self.decode(ids[:, s: s + chunk_latents], cache) for s in range(0, ids.shape[1], chunk_latents)]
+        return torch.cat(out, 2)
+
+    # ------------------------------------------------------------------------- weights
+    def save_pretrained(self, out_dir) -> Path:
+        """Write out_dir/model.safetensors and out_dir/config.json."""
+        from safetensors.torch import save_file
+
+        from vidlm.config import to_dict
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "version": 1, "config": to_dict(self.cfg)}
+        (out / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path, map_location: str | torch.device = "cpu") -> VideoTokenizer:
+        """Load what save_pretrained wrote (never unpickles); clear errors for anything else."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from vidlm.config import from_dict
+
+        path = Path(path)
+        cfg_file, weights = path / "config.json", path / "model.safetensors"
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} not found: a tokenizer folder holds config.json and "
+                                        "model.safetensors (written by save_pretrained / `vidlm tokenizer export`)")
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"{cfg_file} is not a vidlm video tokenizer config (expected \"format\": "
+                             f"\"{FORMAT}\")")
+        model = cls(from_dict(TokenizerConfig, meta["config"], where=str(cfg_file)))
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{weights} is not a readable safetensors file ({e}); re-export it with "
+                             "`vidlm tokenizer export`") from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shapes differ
+            raise ValueError(f"{weights} does not match the architecture in {cfg_file}: {e}") from None
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not match the architecture in {cfg_file}: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        return model.eval()

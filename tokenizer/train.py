@@ -1,0 +1,254 @@
+"""Tokenizer training: `main(cfg, ...)`, an explicit loop of small named functions.
+
+Two DeepSpeed engines, "generator" (the VideoTokenizer) and "discriminator"; EMA of the
+generator; one checkpoint holds both engines (models, optimizers, schedulers) and a client state
+with the step, data position, EMA, LeCAM anchors and the non-finite count (RNG by the runtime).
+Resume is from RUN/latest only, and reproduces the uninterrupted run's losses exactly.
+
+Per step (x grad_accum micro steps):
+    generator_step      recon = G(x); rec + aux (+ adaptive-weighted hinge GAN after disc_start),
+                        D frozen; backward + step on the generator engine only
+    discriminator_step  (after disc_start) hinge + LeCAM on D([x, recon.detach()]); D engine only
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from vidlm import runtime as rt
+
+from .config import TrainConfig
+from .discriminator import PatchDiscriminator3D
+from .losses import TokenizerLosses, last_layer_weight
+from .metrics import code_stats, psnr
+from .model import VideoTokenizer
+
+ENGINES = ("generator", "discriminator")
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then cosine to 10% of the peak at cfg.steps."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None):
+    rt.seed_all(cfg.seed)  # identical initial weights on every rank
+    gen = VideoTokenizer(cfg.tokenizer_config())
+    disc = PatchDiscriminator3D(cfg.disc, gen.cfg.in_channels)
+    ds = rt.deepspeed_config(deepspeed_json, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
+                             grad_clip=cfg.grad_clip, precision=cfg.precision, world_size=dist.world_size)
+    if ds.get("zero_optimization", {}).get("stage", 0) >= 3:
+        raise ValueError("the tokenizer trainer keeps an EMA of whole generator weights: use ZeRO stage 0-2 "
+                         "(recipes/deepspeed/zero2.json); the models are small enough not to need ZeRO-3")
+    opt_g = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(cfg))
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    rt.seed_all(cfg.seed, dist.rank)
+    return {"generator": rt.build_engine(gen, opt_g, sched, ds), "discriminator": rt.build_engine(disc, opt_d, None, ds)}
+
+
+def resolve_shards(cfg: TrainConfig, data: str | None, run_dir: Path, dist) -> str:
+    """--data, else the recipe's data.shards, else shapes-world clips synthesized into RUN/data."""
+    if data or cfg.data.shards:
+        return data or cfg.data.shards
+    out = run_dir / "data"
+    if dist.is_main and not list(out.glob("*.tar")):
+        from vidlm.data.synthetic import synth_shards
+
+        tmp = run_dir / ".data-tmp"
+        w, h = cfg.data.size
+        synth_shards(tmp, cfg.data.synth_clips, seed=cfg.seed, width=w, height=h, frames=cfg.data.frames,
+                     fps=cfg.data.fps)
+        tmp.rename(out)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return str(out)
+
+
+def build_loaders(cfg: TrainConfig, shards: str, dist, factor: int):
+    from vidlm.data.loader import LoaderConfig, VideoLoader
+
+    d = cfg.data
+    base = LoaderConfig(batch_size=cfg.micro_batch_size, areas=(d.size[0] * d.size[1],), frames=(d.frames,),
+                        factor=factor, fps=d.fps, seed=cfg.seed, epoch_batches=d.epoch_batches,
+                        num_workers=d.num_workers, require_caption=False)
+    train = VideoLoader(shards, base, rank=dist.rank, world_size=dist.world_size)
+    # The same clips on every rank: rank 0's resampled stream (a one-pass loader splits shards by
+    # the process group's rank, whatever rank= says).
+    val = VideoLoader(shards, base, rank=0, world_size=1, batch_size=d.val_clips, train=False, shuffle_buffer=1,
+                      epoch_batches=1, num_workers=0)
+    return train, next(iter(val))["video"]
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def set_trainable(module: torch.nn.Module, on: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(on)
+
+
+def generator_step(engines, losses: TokenizerLosses, guard, x, step: int):
+    g, d = engines["generator"], engines["discriminator"]
+    set_trainable(d.module, False)
+    recon, ids, aux, feats = g(x)
+    recon, fake, weight = recon.float(), None, None
+    if losses.gan_active(step):
+        fake = d.module(recon.to(x.dtype)).float()
+        if losses.cfg.adaptive_weight:
+            weight = last_layer_weight(losses, x.float(), feats, g.module, d.module)
+    loss, logs = losses.generator(x.float(), recon, aux.float(), fake, weight)
+    if guard.guard(loss, step):
+        g.backward(loss)
+        g.step()
+    set_trainable(d.module, True)
+    return recon.detach(), ids, logs
+
+
+def discriminator_step(engines, losses: TokenizerLosses, guard, x, recon, step: int):
+    d = engines["discriminator"]
+    logits = d(torch.cat([x, recon.to(x.dtype)])).float()
+    real, fake = logits.chunk(2)
+    loss, logs = losses.discriminator(real, fake)
+    if guard.guard(loss, step):
+        d.backward(loss)
+        d.step()
+    return logs
+
+
+@torch.no_grad()
+def validate(gen: VideoTokenizer, val: torch.Tensor, logger, step: int) -> float:
+    was = gen.training
+    gen.eval()
+    dtype = next(gen.parameters()).dtype
+    recon = gen.decode(gen.encode(val.to(gen.last_layer.device, dtype))).float().clamp(-1, 1).cpu()
+    gen.train(was)
+    value = float(psnr(recon, val))
+    logger.video("recon/original|reconstruction", step, torch.cat([val[0], recon[0]], dim=-1))
+    return value
+
+
+def client_state(step, loader, ema, losses, guard) -> dict:
+    return {"step": step, "data": loader.state_dict(), "ema": ema.state_dict(),
+            "lecam": losses.lecam.state_dict(), "guard": guard.state_dict()}
+
+
+def restore(client: dict, loader, ema, losses, guard) -> int:
+    loader.load_state_dict(client["data"])
+    ema.load_state_dict(client["ema"])
+    losses.lecam.load_state_dict(client["lecam"])
+    guard.load_state_dict(client["guard"])
+    return int(client["step"])
+
+
+def write_run_info(run_dir: Path, cfg: TrainConfig) -> None:
+    from vidlm.config import to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
+    (run_dir / "tokenizer.json").write_text(json.dumps(to_dict(cfg.tokenizer_config()), indent=1) + "\n")
+
+
+def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = None, deepspeed: str | None = None,
+         local_rank: int | None = None, stop_at: int | None = None) -> dict:
+    """Train (or resume) a tokenizer run; returns the last logged scalars. `stop_at` ends the run
+    early at that step (with a checkpoint) without changing the schedule (for resume tests)."""
+    dist = rt.init_distributed(local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = Path(run_dir or cfg.run_dir)
+    if dist.is_main:
+        write_run_info(run, cfg)
+    engines = build_engines(cfg, dist, deepspeed)
+    gen = engines["generator"].module
+    dtype = next(gen.parameters()).dtype
+    ema = rt.EMA(gen, cfg.ema_decay)
+    guard = rt.NonFiniteGuard(cfg.nonfinite_limit)
+    losses = TokenizerLosses(cfg.loss, log=print if dist.is_main else (lambda *_: None))
+    loader, val = build_loaders(cfg, resolve_shards(cfg, data, run, dist), dist, gen.cfg.spatial_factor)
+    client = rt.load_checkpoint(run, engines)
+    step = restore(client, loader, ema, losses, guard) if client else 0
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    logger = rt.RunLogger(run, cfg.steps, dist, start_step=step, desc="tokenizer",
+                          postfix_keys=("l1", "psnr_val", "usage", "d_loss"))
+    batches = endless(loader)
+    hist = torch.zeros(gen.codebook_size, dtype=torch.long)
+    last: dict = {}
+    tick, frames, started = time.time(), 0, time.time()
+    while step < end:
+        logs: dict = defaultdict(float)
+        for _ in range(cfg.grad_accum):
+            x = next(batches)["video"].to(dist.device, dtype)
+            recon, ids, g_logs = generator_step(engines, losses, guard, x, step)
+            d_logs = discriminator_step(engines, losses, guard, x, recon, step) if losses.gan_active(step) else {}
+            for k, v in {**g_logs, **d_logs}.items():
+                logs[k] += float(v) / cfg.grad_accum
+            hist += torch.bincount(ids.flatten().cpu(), minlength=gen.codebook_size)
+            frames += x.shape[0] * x.shape[2] * dist.world_size
+        ema.update(gen)
+        step += 1
+        if cfg.max_minutes is not None and time.time() - started > 60 * cfg.max_minutes and step < end:
+            logger.info(f"max_minutes={cfg.max_minutes} spent: stopping at step {step} of {cfg.steps}")
+            end = step
+        if step % cfg.log_every == 0 or step in (1, end):
+            dt = time.time() - tick
+            logs.update(code_stats(hist), lr=engines["generator"].get_lr()[0], frames_per_s=frames / dt,
+                        skipped_samples=sum(loader.counts.values()), skipped_steps=guard.skipped)
+            if step % cfg.val_every == 0 or step in (1, end):
+                logs["psnr_val"] = validate(gen, val, logger, step)
+            logger.log(step, logs)
+            last = {"step": step, **logs}
+            hist.zero_()
+            tick, frames = time.time(), 0
+        if step % cfg.ckpt_every == 0 or step == end:
+            rt.save_checkpoint(run, step, engines, client_state(step, loader, ema, losses, guard),
+                               keep_last=cfg.keep_last)
+    logger.close()
+    return last
+
+
+def export(run_dir, out_dir, *, raw: bool = False) -> Path:
+    """Write the EMA (default) or raw generator weights of RUN/latest with save_pretrained.
+
+    Reads only our own files: RUN/tokenizer.json and the checkpoint's rank-0 state (EMA) or
+    DeepSpeed's model file (raw), both with torch.load(weights_only=True)."""
+    from vidlm.config import from_dict
+
+    from .config import TokenizerConfig
+
+    run = Path(run_dir)
+    step_dir = rt.latest_step_dir(run)
+    if step_dir is None:
+        raise FileNotFoundError(f"{run} has no checkpoint (no 'latest'); train first with `vidlm tokenizer train`")
+    cfg = from_dict(TokenizerConfig, json.loads((run / "tokenizer.json").read_text()), where=str(run / "tokenizer.json"))
+    model = VideoTokenizer(cfg)
+    if raw:
+        files = sorted((step_dir / "generator").glob("*model_states.pt"))
+        if not files:
+            raise FileNotFoundError(f"no generator model states in {step_dir / 'generator'}")
+        state = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
+        model.load_state_dict(state)
+    else:
+        ema = torch.load(step_dir / "rank-0.pt", map_location="cpu", weights_only=True)["client_state"]["ema"]
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(ema["shadow"][n])
+            for n, b in model.named_buffers():
+                if n in ema["buffers"]:
+                    b.copy_(ema["buffers"][n])
+    return model.save_pretrained(out_dir)
