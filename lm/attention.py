@@ -1,0 +1,117 @@
+"""The one attention module: flash-attn on CUDA when installed, PyTorch SDPA otherwise.
+
+    out = attention(q, k, v, q_doc, k_doc, backend=resolve_backend("auto", q))
+    # q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D) -> out (B,Lq,Hq,D); Hq a multiple of Hkv (GQA)
+
+The queries are the last Lq of the Lk key positions (a prefill or decode step appends Lq
+tokens to Lk - Lq cached ones). Query i attends to key j iff
+    j <= (Lk - Lq) + i  (causal)  and  k_doc[j] == q_doc[i]  and  k_doc[j] >= 0,
+so packed rows (doc ids 0, 1, 2, ...) never look across documents and padding (doc id -1) is
+never attended. A padding query attends to itself only (its output is garbage but finite).
+`q_doc = k_doc = None` means one document per row and no padding (plain causal attention).
+
+Backends
+- "sdpa": `scaled_dot_product_attention` with a boolean block mask built from the rule above
+  (or `is_causal` without doc ids). Any device, any dtype; the reference.
+- "flash": flash-attn 2 (`pip install vidlm[gpu]`), fp16/bf16 on CUDA only:
+  `flash_attn_varlen_func` for full rows (each maximal run of one doc id is a sequence,
+  cu_seqlens from the doc ids; documents must be contiguous within a row, as packing makes
+  them), `flash_attn_func` for causal rows or single-document decode steps. A decode step
+  over a cache that holds padding or several documents falls back to SDPA (flash's kv-cache
+  kernel has no document mask).
+`resolve_backend("auto", x)` picks flash where it can run, else SDPA. tests/test_lm_model.py
+checks that the backends agree (GPU-marked) and pins the SDPA path on CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+
+def flash_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """"auto" -> "flash" for fp16/bf16 CUDA tensors when flash-attn is installed, else "sdpa"."""
+    if backend == "sdpa":
+        return "sdpa"
+    can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and flash_available()
+    if backend == "flash" and not can:
+        raise RuntimeError("attn_backend='flash' needs flash-attn installed (pip install 'vidlm[gpu]') and "
+                           "fp16/bf16 tensors on CUDA; use 'auto' or 'sdpa' here")
+    return "flash" if can else "sdpa"
+
+
+def block_mask(q_doc: Tensor, k_doc: Tensor) -> Tensor:
+    """Boolean mask (B,1,Lq,Lk), True = attend, for queries at the last Lq key positions."""
+    lq, lk = q_doc.shape[1], k_doc.shape[1]
+    qpos = torch.arange(lk - lq, lk, device=k_doc.device)[:, None]  # (Lq,1)
+    kpos = torch.arange(lk, device=k_doc.device)[None, :]  # (1,Lk)
+    same = (q_doc[:, :, None] == k_doc[:, None, :]) & (k_doc[:, None, :] >= 0)  # (B,Lq,Lk)
+    mask = (same & (kpos <= qpos)) | (kpos == qpos)
+    return mask[:, None]
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,
+         mask: Tensor | None = None) -> Tensor:
+    q, k, v = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
+    lq, lk = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if q_doc is None:
+        if lq == lk or lq == 1:  # a single query is the last position: it sees every key
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=lq == lk > 1, enable_gqa=gqa)
+        else:
+            ones = torch.zeros(q.shape[0], lq, dtype=torch.long, device=q.device)
+            mask = block_mask(ones, torch.zeros(q.shape[0], lk, dtype=torch.long, device=q.device))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    else:
+        mask = block_mask(q_doc, k_doc) if mask is None else mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return rearrange(out, "b h l d -> b l h d")
+
+
+def _cu_seqlens(doc: Tensor) -> tuple[Tensor, int]:
+    """Doc ids (B,L) -> cu_seqlens (N+1,) int32 over the flattened rows, and the longest run."""
+    b, n = doc.shape
+    flat = doc.reshape(-1)
+    start = torch.ones_like(flat, dtype=torch.bool)
+    start[1:] = flat[1:] != flat[:-1]
+    start[::n] = True  # every row starts a run
+    starts = start.nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([b * n])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None) -> Tensor:
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+    b, lq = q.shape[:2]
+    lk = k.shape[1]
+    if q_doc is None:
+        return flash_attn_func(q, k, v, causal=True)  # bottom-right aligned causal mask
+    if lq == lk:
+        cu, longest = _cu_seqlens(q_doc)
+        out = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, longest,
+                                     longest, causal=True)
+        return out.view(b, lq, *out.shape[1:])
+    single = bool(((k_doc == q_doc[:, :1]) & (k_doc >= 0)).all() and (q_doc == q_doc[:, :1]).all())
+    if single:  # one document, no padding: plain causal over the cache
+        return flash_attn_func(q, k, v, causal=True)
+    return sdpa(q, k, v, q_doc, k_doc)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None = None, k_doc: Tensor | None = None,
+              *, backend: str = "sdpa", mask: Tensor | None = None) -> Tensor:
+    """q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D), doc ids (B,Lq)/(B,Lk) or None -> (B,Lq,Hq,D).
+    `mask`: block_mask(q_doc, k_doc), when the caller builds it once for all layers (SDPA)."""
+    if (q_doc is None) != (k_doc is None):
+        raise ValueError("pass both q_doc and k_doc, or neither")
+    if backend == "flash":
+        return flash(q, k, v, q_doc, k_doc)
+    return sdpa(q, k, v, q_doc, k_doc, mask)

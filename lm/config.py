@@ -1,0 +1,116 @@
+"""Config of the video LM (`LMConfig`) and its presets, one flat registry.
+
+    name   dim   layers  heads/kv  context  params: blocks / + embeddings   where
+    debug    64     2      4/2        512   0.1 M / 0.2 M (vocab 1k)     CPU, seconds (tests)
+    demo    256     6      8/4       1024   4.4 M / 5.2 M (vocab 1.5k)   the shapes world on a 2-core CPU
+    S       768    16     12/4       4096   100 M / 200 M (vocab 65k)    1 GPU
+    M      1024    24     16/8       4096   280 M / 410 M                1-8 GPUs, ZeRO-1/2
+    L      2048    16     32/8       8192   0.97 B / 1.24 B              8 GPUs, ZeRO-2/3
+    XL     3072    28     24/8       8192   2.8 B / 3.2 B                8+ GPUs, ZeRO-3
+
+`LMConfig.from_name("demo", vocab_size=vocab.size)`; the vocab size comes from `vidlm.lm.vocab`.
+Memory per ZeRO stage and expected throughput: recipes/README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMConfig:
+    """A decoder-only transformer over spacetime codes (RMSNorm, SwiGLU, GQA, 3D RoPE)."""
+
+    name: str = "custom"
+    """Preset name (informational)."""
+    vocab_size: int = 2048
+    """Ids of the one id space (specials | text pieces | codes): `Vocab.size`."""
+    dim: int = 256
+    """Width of the residual stream."""
+    n_layers: int = 6
+    """Transformer blocks."""
+    n_heads: int = 8
+    """Query heads; head_dim = dim / n_heads (even, and a multiple of 2 for RoPE)."""
+    n_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); None = n_heads (multi-head attention)."""
+    hidden_dim: int | None = None
+    """SwiGLU hidden width; None = 8/3 * dim rounded up to `multiple_of`."""
+    multiple_of: int = 64
+    """Rounding of the default hidden_dim."""
+    max_seq_len: int = 1024
+    """Context: the most tokens one sequence (or packed row, or KV cache) holds."""
+    rope_theta: float = 10000.0
+    """RoPE base; frequencies theta^(-2i/head_dim), the same as 1D RoPE."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal init of embeddings and linear layers (output projections scaled by
+    1/sqrt(2 * n_layers))."""
+    checkpointing: bool = False
+    """Activation checkpointing of every block in training (less memory, ~30% more compute)."""
+    attn_backend: str = "auto"
+    """"auto" (flash-attn when installed and on CUDA, else SDPA), "flash" or "sdpa"."""
+
+    def __post_init__(self):
+        kv = self.kv_heads
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError(f"dim {self.dim} must be divisible by n_heads {self.n_heads} into an even head_dim")
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {kv}")
+        for name in ("vocab_size", "dim", "n_layers", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.attn_backend not in ("auto", "flash", "sdpa"):
+            raise ValueError(f"attn_backend must be 'auto', 'flash' or 'sdpa', got {self.attn_backend!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        h = int(8 * self.dim / 3)
+        return -(-h // self.multiple_of) * self.multiple_of
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameters of a VideoLM with this config (untied embedding and head)."""
+        d, hd = self.dim, self.head_dim
+        attn = d * hd * (self.n_heads * 2 + self.kv_heads * 2)
+        block = attn + 3 * d * self.ffn_dim + 2 * d
+        emb = 2 * self.vocab_size * d if embeddings else 0
+        return self.n_layers * block + d + emb
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 N + 12 L d T (PaLM appendix B)."""
+        t = self.max_seq_len if seq_len is None else seq_len
+        return 6 * self.num_params(embeddings=False) + 6 * self.vocab_size * self.dim \
+            + 12 * self.n_layers * self.dim * t
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> LMConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown LM preset {name!r}; choose one of {list(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, LMConfig] = {
+    "debug": LMConfig(name="debug", vocab_size=1024, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      max_seq_len=512),
+    "demo": LMConfig(name="demo", vocab_size=1536, dim=256, n_layers=6, n_heads=8, n_kv_heads=4,
+                     max_seq_len=1024),
+    "S": LMConfig(name="S", vocab_size=65536, dim=768, n_layers=16, n_heads=12, n_kv_heads=4,
+                  max_seq_len=4096),
+    "M": LMConfig(name="M", vocab_size=65536, dim=1024, n_layers=24, n_heads=16, n_kv_heads=8,
+                  max_seq_len=4096),
+    "L": LMConfig(name="L", vocab_size=65536, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                  hidden_dim=8192, max_seq_len=8192, rope_theta=500000.0),
+    "XL": LMConfig(name="XL", vocab_size=65536, dim=3072, n_layers=28, n_heads=24, n_kv_heads=8,
+                   hidden_dim=8192, max_seq_len=8192, rope_theta=500000.0),
+}

@@ -1,0 +1,248 @@
+"""The video LM: a decoder-only transformer over one id space (specials | text | codes).
+
+    model = VideoLM(LMConfig.from_name("demo", vocab_size=vocab.size))
+    logits = model(ids, coords)                     # ids (B,L), coords (B,L,3) (t,y,x) -> (B,L,V) fp32
+    logits = model(ids, coords, doc_ids=doc)        # packed rows: doc ids 0,1,2,...; -1 = padding
+    cache = KVCache.allocate(model.cfg, B, max_len)
+    logits = model(prompt, prompt_coords, cache=cache)       # prefill, then one token at a time
+
+Llama-style blocks: RMSNorm -> grouped-query attention -> RMSNorm -> SwiGLU, untied embedding
+and head. Positions are 3D: every token carries its true spacetime coordinate (t, y, x) and
+attention rotates queries and keys by 3D RoPE (M-RoPE):
+
+- The head dimension holds head_dim/2 rotation frequencies theta^(-2i/head_dim), exactly those
+  of 1D RoPE (rotate-half layout, as Llama / Hugging Face). Frequency i turns with coordinate
+  axis i % 3 (t, y, x, t, y, x, ...): the axes take interleaved sections of the spectrum, so each
+  gets fast and slow frequencies (contiguous sections would leave x with only the slowest ones,
+  nearly constant across a small grid).
+- A token on the diagonal (t = y = x = p) therefore rotates exactly as 1D RoPE at position p:
+  text and specials sit on the diagonal and behave as in a plain LLM (bench/lm.py checks the
+  logits against Hugging Face's LlamaForCausalLM with the same weights).
+- Only coordinate differences matter: shifting every t (or y, or x) by a constant leaves the
+  logits unchanged.
+
+The KV cache stores keys already rotated, with the doc id of every cached token, so a sliding
+window (`keep_last`) drops old tokens without recomputing anything.
+This module never imports the video tokenizer (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from vidlm.lm.attention import attention, block_mask, resolve_backend
+from vidlm.lm.config import LMConfig
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+# ----------------------------------------------------------------------------- KV cache
+@dataclass
+class KVCache:
+    """Static cache of every layer's rotated keys and values, and the doc ids of cached tokens.
+
+    k, v: (n_layers, B, max_len, n_kv_heads, head_dim) (flash-attn's layout); doc: (B, max_len)
+    (-1 where empty); length: tokens filled. The model appends at `length` and advances it.
+    """
+
+    k: Tensor
+    v: Tensor
+    doc: Tensor
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, cfg: LMConfig, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
+        if max_len > cfg.max_seq_len:
+            raise ValueError(f"a KV cache of {max_len} tokens exceeds the model's context of {cfg.max_seq_len}")
+        shape = (cfg.n_layers, batch_size, max_len, cfg.kv_heads, cfg.head_dim)
+        dtype = dtype or torch.float32
+        return cls(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype),
+                   doc=torch.full((batch_size, max_len), -1, dtype=torch.long, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def keep_last(self, n: int) -> None:
+        """Sliding window: keep only the last n cached tokens (moved to the front)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"keep_last({n}) with {self.length} cached tokens")
+        s = self.length - n
+        self.k[:, :, :n] = self.k[:, :, s : self.length].clone()
+        self.v[:, :, :n] = self.v[:, :, s : self.length].clone()
+        self.doc[:, :n] = self.doc[:, s : self.length].clone()
+        self.doc[:, n:] = -1
+        self.length = n
+
+
+# ----------------------------------------------------------------------------- 3D RoPE
+def rope_angles(coords: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """coords (B,L,3) int -> cos, sin (B,L,1,head_dim) fp32 for the rotate-half layout."""
+    half = head_dim // 2
+    idx = torch.arange(half, device=coords.device)
+    inv_freq = theta ** (-2.0 * idx.double() / head_dim)  # (half,) the 1D RoPE frequencies
+    pos = coords.double()[..., idx % 3]  # (B,L,half): frequency i turns with axis i % 3
+    ang = (pos * inv_freq).float()
+    ang = torch.cat([ang, ang], dim=-1)[:, :, None, :]  # (B,L,1,head_dim)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B,L,H,D) rotated by the angles (B,L,1,D), computed in fp32."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * hd, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, docs: tuple, cache: KVCache | None, layer: int) -> Tensor:
+        b, n, _ = x.shape  # (B,L,dim)
+        hd = self.cfg.head_dim
+        q = self.wq(x).view(b, n, self.cfg.n_heads, hd)  # (B,L,Hq,D)
+        k = self.wk(x).view(b, n, self.cfg.kv_heads, hd)  # (B,L,Hkv,D)
+        v = self.wv(x).view(b, n, self.cfg.kv_heads, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # append the rotated keys at cache.length, attend over all filled
+            s = cache.length
+            cache.k[layer, :, s : s + n] = k.to(cache.k.dtype)
+            cache.v[layer, :, s : s + n] = v.to(cache.v.dtype)
+            k, v = cache.k[layer, :, : s + n].to(q.dtype), cache.v[layer, :, : s + n].to(q.dtype)  # (B,S,Hkv,D)
+        q_doc, k_doc, mask, backend = docs
+        out = attention(q, k, v, q_doc, k_doc, backend=backend, mask=mask)
+        return self.wo(out.reshape(b, n, -1))  # (B,L,dim)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.hidden_dim = cfg.ffn_dim
+        self.w1 = nn.Linear(cfg.dim, self.hidden_dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, self.hidden_dim, bias=False)
+        self.w2 = nn.Linear(self.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, docs, cache, layer):
+        x = x + self.attn(self.attn_norm(x), cos, sin, docs, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ----------------------------------------------------------------------------- the model
+class VideoLM(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.ndim == 2:
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
+                nn.init.normal_(p, mean=0.0, std=std * scale)
+
+    def forward(self, ids: Tensor, coords: Tensor, *, cache: KVCache | None = None,
+                doc_ids: Tensor | None = None) -> Tensor:
+        b, n = ids.shape  # ids (B,L), coords (B,L,3), doc_ids (B,L) or None
+        if coords.shape != (b, n, 3):
+            raise ValueError(f"coords must be (B,L,3) = {(b, n, 3)} for ids {tuple(ids.shape)}, got {tuple(coords.shape)}")
+        q_doc = k_doc = doc_ids
+        if cache is not None:
+            s = cache.length
+            if s + n > cache.max_len:
+                raise ValueError(f"KV cache full: {s} cached + {n} new tokens > its {cache.max_len}")
+            cache.doc[:, s : s + n] = torch.zeros_like(ids) if doc_ids is None else doc_ids
+            q_doc, k_doc = cache.doc[:, s : s + n], cache.doc[:, : s + n]  # (B,L), (B,S)
+            if n == 1 and bool((k_doc == q_doc).all()):  # a decode step over one document: no mask
+                q_doc = k_doc = None
+        elif n > self.cfg.max_seq_len:
+            raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")
+        cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
+        x = self.tok_emb(ids)  # (B,L,dim)
+        backend = resolve_backend(self.cfg.attn_backend, x)
+        mask = block_mask(q_doc, k_doc) if backend == "sdpa" and q_doc is not None else None  # once, all layers
+        docs = (q_doc, k_doc, mask, backend)
+        ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, docs, None, i, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, docs, cache, i)
+        if cache is not None:
+            cache.length += n
+        return self.head(self.norm(x)).float()  # (B,L,V)
+
+    # ------------------------------------------------------------------ weights
+    def save_pretrained(self, out_dir, vocab=None) -> Path:
+        """out_dir/model.safetensors + config.json (+ vocab.json when `vocab` is given)."""
+        from safetensors.torch import save_file
+
+        from vidlm.config import to_dict
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / WEIGHTS_FILE))
+        (out / CONFIG_FILE).write_text(json.dumps(to_dict(self.cfg), indent=1) + "\n")
+        if vocab is not None:
+            vocab.save(out)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", **overrides) -> VideoLM:
+        """Load a folder written by save_pretrained / `vidlm lm export`."""
+        from safetensors.torch import load_file
+
+        from vidlm.config import from_dict
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}: export a run with "
+                                    "`vidlm lm export --run RUN --out DIR`")
+        data = {**json.loads((path / CONFIG_FILE).read_text()), **overrides}
+        model = cls(from_dict(LMConfig, data, where=str(path / CONFIG_FILE)))
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(device)))
+        return model.to(device)

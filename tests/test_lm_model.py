@@ -1,0 +1,194 @@
+"""VideoLM invariants: KV cache, causality, relative 3D positions, 1D RoPE on the diagonal,
+document masks and padding, and the attention backends."""
+
+import pytest
+import torch
+from vidlm.lm.attention import attention, block_mask, flash_available
+from vidlm.lm.config import PRESETS, LMConfig
+from vidlm.lm.model import KVCache, VideoLM, apply_rope
+
+torch.set_num_threads(1)
+V = 97
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=2)).eval()
+
+
+def rand_seq(b, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (b, n), generator=g)
+    coords = torch.randint(0, 12, (b, n, 3), generator=g)
+    return ids, coords
+
+
+def test_presets_build_and_count_params():
+    for name, cfg in PRESETS.items():
+        assert cfg.dim % cfg.n_heads == 0 and cfg.n_heads % cfg.kv_heads == 0, name
+    m = VideoLM(LMConfig.from_name("debug"))
+    assert sum(p.numel() for p in m.parameters()) == m.cfg.num_params()
+    sizes = {n: PRESETS[n].num_params(embeddings=False) / 1e6 for n in ("S", "M", "L", "XL")}  # ~100M..3B
+    assert 80 < sizes["S"] < 130 and 250 < sizes["M"] < 450 and 900 < sizes["L"] < 1400 and 2500 < sizes["XL"] < 4000
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        LMConfig(dim=64, n_heads=4, n_kv_heads=3)
+
+
+@torch.no_grad()
+def test_cached_equals_uncached_with_sliding_window(model):
+    ids, coords = rand_seq(2, 40)
+    full = model(ids, coords)
+    cache = KVCache.allocate(model.cfg, 2, 40)
+    parts = [model(ids[:, :17], coords[:, :17], cache=cache)]
+    parts += [model(ids[:, i : i + 1], coords[:, i : i + 1], cache=cache) for i in range(17, 30)]
+    parts.append(model(ids[:, 30:], coords[:, 30:], cache=cache))
+    assert cache.length == 40
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    # keep_last: what follows only sees the kept tokens, at their original coordinates. With one
+    # layer a kept token's key/value does not depend on the dropped past, so this is exact.
+    torch.manual_seed(3)
+    one = VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=1)).eval()
+    cache = KVCache.allocate(one.cfg, 2, 32)
+    one(ids[:, :30], coords[:, :30], cache=cache)
+    cache.keep_last(12)
+    step = torch.cat([one(ids[:, i : i + 1], coords[:, i : i + 1], cache=cache) for i in range(30, 36)], 1)
+    ref = one(ids[:, 18:36], coords[:, 18:36])[:, 12:]
+    torch.testing.assert_close(step, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_causal(model):
+    ids, coords = rand_seq(1, 24)
+    a = model(ids, coords)
+    ids2, coords2 = ids.clone(), coords.clone()
+    ids2[:, 15:] = (ids2[:, 15:] + 1) % V
+    coords2[:, 15:] += 3
+    b = model(ids2, coords2)
+    torch.testing.assert_close(a[:, :15], b[:, :15], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(a[:, 15:], b[:, 15:])
+
+
+@torch.no_grad()
+def test_only_relative_positions_matter(model):
+    ids, coords = rand_seq(2, 30)
+    base = model(ids, coords)
+    for axis, shift in ((0, 37), (1, 5), (2, 11)):
+        moved = coords.clone()
+        moved[..., axis] += shift
+        torch.testing.assert_close(model(ids, moved), base, atol=2e-4, rtol=1e-4)
+    swapped = coords.clone()
+    swapped[:, 3:6, 0] += 1  # but moving some tokens does change things
+    assert not torch.allclose(model(ids, swapped), base, atol=1e-3)
+
+
+def rope_1d(x, pos, theta):
+    """Reference 1D RoPE (rotate-half, Llama) at integer positions pos (L,)."""
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = pos[:, None].double() * inv[None]
+    cos, sin = torch.cat([ang, ang], -1).cos().float(), torch.cat([ang, ang], -1).sin().float()
+    x1, x2 = x.chunk(2, -1)
+    return x * cos[None, :, None] + torch.cat([-x2, x1], -1) * sin[None, :, None]
+
+
+def test_diagonal_is_1d_rope():
+    from vidlm.lm.model import rope_angles
+
+    x = torch.randn(1, 50, 3, 32)
+    pos = torch.arange(100, 150)
+    cos, sin = rope_angles(pos[None, :, None].expand(1, 50, 3), 32, 10000.0)
+    torch.testing.assert_close(apply_rope(x, cos, sin), rope_1d(x, pos, 10000.0), atol=1e-5, rtol=1e-5)
+    # off the diagonal the three axes differ
+    cos2, _ = rope_angles(torch.stack([pos, pos * 0, pos * 0], -1)[None], 32, 10000.0)
+    assert not torch.allclose(cos, cos2)
+
+
+@torch.no_grad()
+def test_doc_masking_equals_separate_passes(model):
+    a_ids, a_co = rand_seq(1, 13, seed=1)
+    b_ids, b_co = rand_seq(1, 9, seed=2)
+    c_ids, c_co = rand_seq(1, 6, seed=3)
+    ids = torch.cat([a_ids, b_ids, c_ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    coords = torch.cat([a_co, b_co, c_co, torch.zeros(1, 4, 3, dtype=torch.long)], 1)
+    doc = torch.tensor([[0] * 13 + [1] * 9 + [2] * 6 + [-1] * 4])
+    packed = model(ids, coords, doc_ids=doc)
+    torch.testing.assert_close(packed[:, :13], model(a_ids, a_co), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, 13:22], model(b_ids, b_co), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, 22:28], model(c_ids, c_co), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(packed).all()
+
+
+@torch.no_grad()
+def test_left_padding_rows_equal_unpadded(model):
+    ids, coords = rand_seq(1, 10, seed=4)
+    pad = 5
+    pids = torch.cat([torch.full((1, pad), 3), ids], 1)
+    pco = torch.cat([torch.randint(0, 9, (1, pad, 3)), coords], 1)
+    doc = torch.cat([torch.full((1, pad), -1), torch.zeros(1, 10, dtype=torch.long)], 1)
+    ref = model(ids, coords)
+    torch.testing.assert_close(model(pids, pco, doc_ids=doc)[:, pad:], ref, atol=1e-5, rtol=1e-5)
+    # the same through a cache: prefill the padded prompt, then decode
+    more, more_c = rand_seq(1, 4, seed=5)
+    cache = KVCache.allocate(model.cfg, 1, 20)
+    model(pids, pco, cache=cache, doc_ids=doc)
+    steps = torch.cat([model(more[:, i : i + 1], more_c[:, i : i + 1], cache=cache) for i in range(4)], 1)
+    full = model(torch.cat([ids, more], 1), torch.cat([coords, more_c], 1))[:, 10:]
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+def test_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(1)
+    cfg = LMConfig.from_name("debug", vocab_size=V)
+    a = VideoLM(cfg)
+    b = VideoLM(LMConfig.from_name("debug", vocab_size=V, checkpointing=True))
+    b.load_state_dict(a.state_dict())
+    ids, coords = rand_seq(2, 16)
+    for m in (a, b):
+        m(ids, coords).logsumexp(-1).mean().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_sdpa_mask_matches_manual_attention():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 5, 4, 8, generator=g)
+    k = torch.randn(2, 9, 2, 8, generator=g)
+    v = torch.randn(2, 9, 2, 8, generator=g)
+    k_doc = torch.tensor([[-1, -1, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1, 1]])
+    q_doc = k_doc[:, -5:]
+    out = attention(q, k, v, q_doc, k_doc, backend="sdpa")
+    mask = block_mask(q_doc, k_doc)[:, 0]  # (B,5,9)
+    kk, vv = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
+    att = torch.einsum("bqhd,bkhd->bhqk", q, kk) / 8**0.5
+    att = att.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+    torch.testing.assert_close(out, torch.einsum("bhqk,bkhd->bqhd", att, vv), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not flash_available(), reason="needs flash-attn and CUDA")
+def test_flash_matches_sdpa():
+    torch.manual_seed(0)
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(2, 64, 8, 64, device=dev, dtype=dt)
+    k = torch.randn(2, 64, 2, 64, device=dev, dtype=dt)
+    v = torch.randn(2, 64, 2, 64, device=dev, dtype=dt)
+    doc = torch.tensor([[0] * 30 + [1] * 34, [0] * 64], device=dev)
+    for qd, kd in ((None, None), (doc, doc)):
+        a = attention(q, k, v, qd, kd, backend="flash").float()
+        b = attention(q, k, v, qd, kd, backend="sdpa").float()
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    # a decode step over a single-document cache
+    a = attention(q[:, -1:], k, v, doc[1:2].expand(2, 1)[:, :1].clone() * 0, torch.zeros_like(doc), backend="flash")
+    b = attention(q[:, -1:], k, v, torch.zeros(2, 1, dtype=torch.long, device=dev), torch.zeros_like(doc), backend="sdpa")
+    torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    # the whole model, bf16 on GPU: flash vs sdpa
+    cfg = LMConfig.from_name("debug", vocab_size=V, attn_backend="flash")
+    m = VideoLM(cfg).to(dev, dt)
+    ids, coords = rand_seq(2, 64)
+    ids, coords = ids.to(dev), coords.to(dev)
+    lf = m(ids, coords, doc_ids=doc)
+    m.cfg = m.cfg.__class__(**{**m.cfg.__dict__, "attn_backend": "sdpa"})
+    for layer in m.layers:
+        layer.attn.cfg = m.cfg
+    torch.testing.assert_close(lf, m(ids, coords, doc_ids=doc), atol=5e-2, rtol=5e-2)

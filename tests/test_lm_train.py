@@ -1,0 +1,250 @@
+"""LM training: packing, the task stream, exact resume under ZeRO 1/2/3 (1 and 2 CPU ranks),
+export, recipes, and a debug run that learns every task.
+
+The generic checkpoint mechanism is tested in tests/test_runtime.py; this file tests what the LM
+trainer adds (its data position, its losses, its export). Also runnable as the 2-rank worker:
+    deepspeed --num_gpus 2 --module tests.test_lm_train --config job.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, RESUME_AT = 4, 2
+
+
+def synth_tokens(out: Path, clips: int = 24, seed: int = 0) -> Path:
+    """A learnable token world: codes[t,y,x] = (c0 + 3t + y + 2x) % 32, caption [c0 % 8, 9]; tails
+    and structure views are deterministic functions of the codes (like a real tokenizer's)."""
+    from vidlm.lm.tokendata import ShardWriter, TokenClip
+    from vidlm.lm.vocab import Vocab
+
+    g = torch.Generator().manual_seed(seed)
+    writer = ShardWriter(out, per_shard=10)
+    for i in range(clips):
+        n = 3 + i % 2  # two durations (buckets)
+        c0 = int(torch.randint(0, 32, (1,), generator=g))
+        t, y, x = torch.meshgrid(torch.arange(n), torch.arange(2), torch.arange(3), indexing="ij")
+        codes = (c0 + 3 * t + y + 2 * x) % 32
+        tails = {j: (codes[-j:] + 5) % 32 for j in (1, 2)}
+        writer.write(TokenClip(key=f"clip{i:03d}", codes=codes, text=[c0 % 8, 9], tails=tails,
+                               structure=codes // 4, meta={"caption": f"clip {c0}"}))
+    writer.close()
+    Vocab(text_size=12, code_size=32, max_t=8, max_h=4, max_w=4).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    return synth_tokens(tmp_path_factory.mktemp("lmdata") / "tokens")
+
+
+def debug_cfg(**over):
+    from vidlm.lm.train import TrainConfig
+
+    from vidlm.config import load_yaml
+
+    cfg = load_yaml(TrainConfig, REPO / "recipes/lm/debug.yaml")
+    base = {"steps": STEPS, "seq_len": 128, "log_every": 1, "val_every": 100, "ckpt_every": 100, "threads": 1}
+    return dataclasses.replace(cfg, **{**base, **over})
+
+
+def run_resume(cfg, tokens, root: Path, stage: int, local_rank=None) -> dict:
+    """Straight run vs stopped at RESUME_AT and resumed: the losses after RESUME_AT."""
+    from vidlm.lm.train import main
+
+    ds = str(REPO / f"recipes/deepspeed/zero{stage}.json")
+    straight = main(cfg, run_dir=str(root / f"straight{stage}"), data=str(tokens), deepspeed=ds, local_rank=local_rank)
+    main(cfg, run_dir=str(root / f"resumed{stage}"), data=str(tokens), deepspeed=ds, local_rank=local_rank,
+         stop_at=RESUME_AT)
+    resumed = main(cfg, run_dir=str(root / f"resumed{stage}"), data=str(tokens), deepspeed=ds, local_rank=local_rank)
+    return {"straight": straight["losses"][RESUME_AT:], "resumed": resumed["losses"],
+            "resumed_at": resumed["first_step"]}
+
+
+# ----------------------------------------------------------------------------- packing and data
+def test_packed_loss_equals_unpacked(tokens):
+    from vidlm.lm.model import VideoLM
+    from vidlm.lm.tokendata import read_clips
+    from vidlm.lm.train import TaskStream, micro_batch, token_losses
+    from vidlm.lm.vocab import Vocab
+
+    cfg = debug_cfg()
+    vocab = Vocab.from_pretrained(tokens)
+    torch.manual_seed(0)
+    model = VideoLM(cfg.lm_config(vocab.size)).eval()
+    stream = TaskStream(read_clips(tokens), vocab, cfg.data, seed=0, rank=0, world=1, row_len=128)
+    batch, nxt = micro_batch(stream, 0, 3, 128)
+    assert nxt > 3 and (batch["doc_ids"].max(1).values >= 1).all()  # several sequences per row
+    with torch.no_grad():
+        ce, mask = token_losses(model, batch, "cpu")
+        separate = []
+        for n in range(nxt):
+            seq, _ = stream(n)
+            logits = model(seq.ids[None], seq.coords[None])[0, :-1]
+            per = torch.nn.functional.cross_entropy(logits, seq.ids[1:], reduction="none")
+            separate.append(per[seq.loss_mask[1:]])
+    separate = torch.cat(separate)
+    assert int(mask.sum()) == len(separate)
+    torch.testing.assert_close(ce[mask], separate, atol=1e-5, rtol=1e-5)
+
+
+def test_stream_is_a_pure_function_and_mixes_tasks(tokens):
+    from vidlm.lm.tasks import TASKS
+    from vidlm.lm.tokendata import read_clips
+    from vidlm.lm.train import TaskStream
+    from vidlm.lm.vocab import Vocab
+
+    clips, vocab, cfg = read_clips(tokens), Vocab.from_pretrained(tokens), debug_cfg()
+    a = TaskStream(clips, vocab, cfg.data, seed=0, rank=0, world=2, row_len=128)
+    b = TaskStream(clips, vocab, cfg.data, seed=0, rank=1, world=2, row_len=128)
+    seen = {a(n)[1] for n in range(200)}
+    assert seen == set(range(len(TASKS)))
+    assert all(torch.equal(a(n)[0].ids, a(n)[0].ids) for n in (0, 57, 199))
+    assert any(not torch.equal(a(n)[0].ids, b(n)[0].ids) for n in range(5))  # ranks see other data
+    grids = {a(n)[0].ids[2].item() for n in range(50)}
+    assert len(grids) >= 2  # grid t from each clip's own length (and t2i / loop)
+
+
+def test_every_recipe_validates():
+    from vidlm.lm.cli import build_parser
+    from vidlm.lm.train import TrainConfig
+
+    from vidlm import runtime as rt
+    from vidlm.config import load_yaml
+
+    recipes = sorted((REPO / "recipes/lm").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"debug", "demo", "S", "M", "L", "XL"}
+    for path in recipes:
+        cfg = load_yaml(TrainConfig, path)
+        lm = cfg.lm_config(vocab_size=70000)
+        assert cfg.row_len <= lm.max_seq_len, path
+        for stage in (0, 1, 2, 3):
+            rt.deepspeed_config(REPO / f"recipes/deepspeed/zero{stage}.json", micro_batch_size=cfg.micro_batch_size,
+                                grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
+                                precision="fp32" if cfg.precision == "bf16" else cfg.precision, world_size=8)
+        env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "MASTER_PORT": "29999"}
+        cmd = subprocess.run(["bash", REPO / "recipes/launch/cpu.sh", "vidlm.lm.cli train", path,
+                              "--deepspeed", "recipes/deepspeed/zero2.json"], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        args = build_parser().parse_args(cmd[cmd.index("train"):])
+        assert args.config == str(path) and args.deepspeed == "recipes/deepspeed/zero2.json"
+    from vidlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vocab_size"):
+        TrainConfig(preset="debug", model={"vocab_size": 3}).lm_config(10)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def dist():
+    from vidlm import runtime as rt
+
+    return rt.init_distributed()
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_exact_resume_one_rank(dist, tokens, tmp_path, stage):
+    # ZeRO-3 also with activation checkpointing
+    r = run_resume(debug_cfg(grad_accum=2, model={"checkpointing": stage == 3}), tokens, tmp_path, stage)
+    assert r["resumed_at"] == RESUME_AT and len(r["resumed"]) == STEPS - RESUME_AT
+    assert r["resumed"] == r["straight"], f"ZeRO-{stage}"
+
+
+def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
+    from vidlm.lm.model import VideoLM
+    from vidlm.lm.tasks import TASKS
+    from vidlm.lm.train import load_data, main, val_sequences
+    from vidlm.lm.vocab import Vocab
+
+    cfg = debug_cfg(steps=40, log_every=10, val_every=40, ckpt_every=40, lr=3e-3)
+    zero3 = str(REPO / "recipes/deepspeed/zero3.json")
+    out = main(cfg, run_dir=str(tmp_path / "run"), data=str(tokens), deepspeed=zero3)
+    last = out["last"]
+    # the initial model (same seed) on the same validation sequences
+    _train, val, vocab = load_data(cfg, str(tokens))
+    torch.manual_seed(cfg.seed)
+    fresh = VideoLM(cfg.lm_config(vocab.size)).eval()
+    exported = VideoLM.from_pretrained(
+        __import__("vidlm.lm.train", fromlist=["export"]).export(tmp_path / "run", tmp_path / "model")).eval()
+    assert Vocab.from_pretrained(tmp_path / "model") == vocab
+    sums = {k: [0.0, 0.0, 0] for k in TASKS}
+    with torch.no_grad():
+        for batch in val_sequences(val, vocab, cfg):
+            for i, m in enumerate((fresh, exported)):
+                logits = m(batch["ids"], batch["coords"], doc_ids=batch["doc_ids"])[:, :-1]
+                ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["ids"][:, 1:].flatten(),
+                                                       reduction="none").view(logits.shape[:2])
+                task = batch["task"][:, 1:]
+                for t, name in enumerate(TASKS):
+                    sel = batch["loss_mask"][:, 1:] & (task == t)
+                    sums[name][i] += float(ce[sel].sum())
+                    sums[name][2] += int(sel.sum()) if i == 0 else 0
+    for name, (before, after, n) in sums.items():
+        assert n > 0, name
+        before, after = before / n, after / n
+        assert after < 0.6 * before, f"{name}: {before:.3f} -> {after:.3f}"
+        # the exported weights are the trained ones: their loss is the run's last validation
+        assert after == pytest.approx(last[f"val/{name}"], rel=1e-4), name
+    assert last["skipped_steps"] == 0 and last["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_exact_resume_two_ranks(tokens, tmp_path):
+    """One `deepspeed` launch with 2 CPU ranks checks ZeRO 1, 2 and 3."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU-rank launch test")
+    job = {"out": str(tmp_path / "result.json"), "root": str(tmp_path / "runs"), "tokens": str(tokens)}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(NPROC="2", PYTHON=sys.executable, DEEPSPEED=str(venv_bin / "deepspeed"), OMP_NUM_THREADS="1",
+               PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
+    proc = subprocess.run(["bash", REPO / "recipes/launch/cpu.sh", "tests.test_lm_train", tmp_path / "job.json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    for stage in ("1", "2", "3"):
+        r = result[stage]
+        assert r["resumed_at"] == RESUME_AT and len(r["resumed"]) == STEPS - RESUME_AT
+        assert r["resumed"] == r["straight"], f"ZeRO-{stage}"
+        assert r["other_rank"] != r["straight"], "both ranks saw the same data"
+
+
+def worker(argv=None) -> int:
+    """The 2-rank side of test_exact_resume_two_ranks (run by the deepspeed launcher)."""
+    import argparse
+
+    from vidlm import runtime as rt
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", required=True)
+    rt.add_launcher_args(p)
+    args = p.parse_args(argv)
+    job = json.loads(Path(args.config).read_text())
+    dist = rt.init_distributed(args.local_rank)
+    result = {}
+    for stage in (1, 2, 3):
+        r = run_resume(debug_cfg(), job["tokens"], Path(job["root"]), stage, args.local_rank)
+        mine = torch.tensor(r["straight"], dtype=torch.float64)
+        others = [torch.zeros_like(mine) for _ in range(dist.world_size)]
+        torch.distributed.all_gather(others, mine)
+        result[str(stage)] = {**r, "other_rank": others[1].tolist()}
+    if dist.is_main:
+        Path(job["out"]).write_text(json.dumps(result))
+    rt.finish(dist)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker())
