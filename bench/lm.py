@@ -1,0 +1,249 @@
+"""Benchmark: our VideoLM + sampler against Hugging Face `LlamaForCausalLM`, same dims, same weights.
+
+    .venv/bin/python bench/lm.py [--preset demo] [--repeats 3] [--threads 1] [--no-clip]
+
+Copies our weights into a `LlamaForCausalLM` of identical dimensions (on the diagonal, our 3D
+RoPE is 1D RoPE, so the two models compute the same function), checks that the logits match,
+then measures in one process, one warm-up and `--repeats` interleaved pairs each:
+
+- training step tokens/s (forward + backward + AdamW step, fp32),
+- prefill tokens/s (a prompt into a KV cache),
+- decode tokens/s with a KV cache (our `sample.generate`, greedy, vs HF `generate`),
+- peak memory of each phase (peak RSS above the RSS before it, /proc VmHWM),
+
+and prints medians and ratios (ours / HF; > 1 is faster, < 1 is less memory for memory).
+Finally it times a 17-frame 64x64 text-to-video clip with the `demo` presets (random weights:
+the speed does not depend on what the weights learned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def rss_kib(field: str = "VmRSS") -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+
+def measure(fn) -> tuple[float, float]:
+    """(seconds, peak MiB above the RSS at the start) of one call of fn."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so the peak is this call's
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    except OSError:
+        pass
+    before = rss_kib()
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    return seconds, (rss_kib("VmHWM") - before) / 1024
+
+
+# ------------------------------------------------------------------------------------ the models
+def to_hf(model):
+    """A LlamaForCausalLM with our model's dims and weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.cfg
+    hf_cfg = LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=model.layers[0].mlp.hidden_dim,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads or cfg.n_heads, head_dim=cfg.dim // cfg.n_heads,
+        max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        pad_token_id=0, bos_token_id=None, eos_token_id=None,
+    )
+    hf_cfg._attn_implementation = "sdpa"
+    hf = LlamaForCausalLM(hf_cfg).eval()
+    hf.load_state_dict(hf_state_dict(model), strict=True)
+    return hf
+
+
+def hf_state_dict(model) -> dict:
+    """Our parameter names -> HF Llama names (see lm/model.py for ours)."""
+    sd = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight,
+          "lm_head.weight": model.head.weight}
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = layer.attn_norm.weight
+        sd[p + "post_attention_layernorm.weight"] = layer.mlp_norm.weight
+        sd[p + "self_attn.q_proj.weight"] = layer.attn.wq.weight
+        sd[p + "self_attn.k_proj.weight"] = layer.attn.wk.weight
+        sd[p + "self_attn.v_proj.weight"] = layer.attn.wv.weight
+        sd[p + "self_attn.o_proj.weight"] = layer.attn.wo.weight
+        sd[p + "mlp.gate_proj.weight"] = layer.mlp.w1.weight
+        sd[p + "mlp.up_proj.weight"] = layer.mlp.w3.weight
+        sd[p + "mlp.down_proj.weight"] = layer.mlp.w2.weight
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+def diagonal(batch: int, start: int, length: int) -> torch.Tensor:
+    """Coordinates (B,L,3) with t = y = x = position: where 3D RoPE equals 1D RoPE."""
+    return torch.arange(start, start + length)[None, :, None].expand(batch, length, 3).contiguous()
+
+
+class DiagonalPrompt:
+    """A prompt on the diagonal, continuing on it for `new` tokens."""
+
+    def __init__(self, ids: torch.Tensor, new: int):
+        self.ids = ids
+        self.coords = diagonal(1, 0, len(ids))[0]
+        self.gen_coords = diagonal(1, len(ids), new)[0]
+
+
+# ------------------------------------------------------------------------------------ the phases
+def train_steps(model, hf, batch, seq, vocab):
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    coords = diagonal(batch, 0, seq)
+    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
+
+    def ours():
+        logits = model(ids, coords)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def theirs():
+        hf(input_ids=ids, labels=ids).loss.backward()
+        opt_hf.step()
+        opt_hf.zero_grad(set_to_none=True)
+
+    return ours, theirs, batch * seq
+
+
+def prefill_steps(model, hf, batch, seq, vocab):
+    from vidlm.lm.sample import allocate_cache, prefill
+
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(1))
+    coords = diagonal(batch, 0, seq)
+
+    @torch.inference_mode()
+    def ours():
+        prefill(model, ids, coords, allocate_cache(model, batch, seq))
+
+    @torch.inference_mode()
+    def theirs():
+        hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+    return ours, theirs, batch * seq
+
+
+def decode_steps(model, hf, prompt_len, new, vocab):
+    from vidlm.lm.sample import generate
+
+    ids = torch.randint(0, vocab, (prompt_len,), generator=torch.Generator().manual_seed(2))
+    prompt = DiagonalPrompt(ids, new)
+    out = {}
+
+    def ours():
+        out["ours"] = generate(model, prompt, temperature=0)
+
+    @torch.inference_mode()
+    def theirs():
+        out["hf"] = hf.generate(ids[None], max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                use_cache=True, pad_token_id=0)[:, prompt_len:]
+
+    return ours, theirs, new, out
+
+
+def interleaved(name, ours, theirs, tokens, repeats):
+    ours(), theirs()  # warm-up
+    rows = {"ours": [], "hf": []}
+    for r in range(repeats):
+        pair = [("ours", ours), ("hf", theirs)]
+        for key, fn in pair if r % 2 == 0 else pair[::-1]:
+            rows[key].append(measure(fn))
+    tps = {k: statistics.median(tokens / s for s, _ in v) for k, v in rows.items()}
+    mem = {k: statistics.median(m for _, m in v) for k, v in rows.items()}
+    print(f"{name:<14} ours {tps['ours']:>10.1f} tok/s  HF {tps['hf']:>10.1f} tok/s  "
+          f"speed x{tps['ours'] / tps['hf']:.2f}   peak MiB ours {mem['ours']:>7.1f}  HF {mem['hf']:>7.1f}")
+    return tps["ours"] / tps["hf"]
+
+
+def check_logits(model, hf, vocab, seq=64):
+    ids = torch.randint(0, vocab, (2, seq), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a = model(ids, diagonal(2, 0, seq))
+        b = hf(input_ids=ids).logits
+    err = (a - b).abs().max().item()
+    print(f"logits check: max |ours - HF| = {err:.2e} over {tuple(a.shape)}")
+    if err > 1e-3:
+        raise SystemExit("the logits differ: the weight mapping or the RoPE layout is not the same model")
+
+
+def clip_seconds(repeats: int) -> float:
+    """Seconds to generate a 17-frame 64x64 t2v clip with the demo presets (random weights)."""
+    from vidlm.lm.pipeline import VideoGenerator
+
+    gen = VideoGenerator.random("demo", tokenizer="demo")
+    times = []
+    for seed in range(1 + repeats):
+        t0 = time.perf_counter()
+        gen.t2v("a red circle moves right", frames=17, size=(64, 64), seed=seed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/lm.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="demo", help="LMConfig preset (dims of both models)")
+    p.add_argument("--vocab", type=int, default=None, help="vocab size (default: the preset's)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256, help="tokens per row for training and prefill")
+    p.add_argument("--prompt", type=int, default=32, help="prompt tokens before decoding")
+    p.add_argument("--new", type=int, default=128, help="tokens to decode")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-clip", action="store_true", help="skip the 17-frame demo clip timing")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    from vidlm.lm.config import LMConfig
+    from vidlm.lm.model import VideoLM
+
+    overrides = {"vocab_size": args.vocab} if args.vocab else {}
+    cfg = LMConfig.from_name(args.preset, **overrides)
+    model = VideoLM(cfg).eval()
+    hf = to_hf(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"preset {args.preset}: {n_params / 1e6:.1f}M params, dim {cfg.dim}, layers {cfg.n_layers}, "
+          f"heads {cfg.n_heads}/{cfg.n_kv_heads}, vocab {cfg.vocab_size}; threads {args.threads}, "
+          f"torch {torch.__version__}")
+    check_logits(model, hf, cfg.vocab_size)
+
+    ours, theirs, _, out = decode_steps(model, hf, args.prompt, args.new, cfg.vocab_size)
+    decode = interleaved("decode", ours, theirs, args.new, args.repeats)
+    same = (out["ours"] == out["hf"]).float().mean().item()
+    print(f"{'':<14} greedy tokens identical to HF's: {same:.1%}")
+    prefill = interleaved("prefill", *prefill_steps(model, hf, args.batch, args.seq, cfg.vocab_size),
+                          args.repeats)
+    model.train(), hf.train()
+    train = interleaved("train step", *train_steps(model, hf, args.batch, args.seq, cfg.vocab_size),
+                        args.repeats)
+    print(f"ratios (ours / HF): decode x{decode:.2f} (target >= 2.0), prefill x{prefill:.2f}, "
+          f"train step x{train:.2f} (target >= 1.3)")
+    if not args.no_clip:
+        print(f"17-frame 64x64 t2v clip, demo presets: {clip_seconds(args.repeats):.2f} s "
+              f"(median of {args.repeats}, after one warm-up)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
