@@ -1,0 +1,198 @@
+"""`vidlm demo`: stage bookkeeping, the gallery, and the whole flow with the `debug` recipe."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+from vidlm import demo
+from vidlm.lm.pipeline import Generated
+
+TASKS = ("t2v", "t2i", "i2v", "extend-forward", "extend-backward", "connect", "loop", "edit", "long")
+
+
+# ----------------------------------------------------------------------------- stage bookkeeping
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """Every stage replaced by one that records its call; returns the list of calls."""
+    calls = []
+    for name in demo.STAGES:
+        monkeypatch.setitem(demo.STAGE_FNS, name, lambda run, name=name: calls.append(name) or {"fake": True})
+    return calls
+
+
+def test_a_rerun_skips_finished_stages(tmp_path, fake_stages, capsys):
+    out = tmp_path / "run"
+    assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
+    assert fake_stages == list(demo.STAGES)
+    for name in demo.STAGES:
+        marker = json.loads((out / "stages" / f"{name}.json").read_text())
+        assert marker["stage"] == name and marker["seconds"] >= 0 and marker["fake"]
+
+    fake_stages.clear()
+    assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
+    assert fake_stages == []
+    assert capsys.readouterr().out.count("skipped") == len(demo.STAGES)
+
+    (out / "stages" / "lm.json").unlink()  # an interrupted stage: its marker was never written
+    (out / "stages" / "gallery.json").unlink()
+    assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
+    assert fake_stages == ["lm", "gallery"]
+
+    fake_stages.clear()
+    assert demo.main(["--recipe", "debug", "--out", str(out), "--redo", "tokens"]) == 0
+    assert fake_stages == ["tokens", "lm", "gallery"]
+
+
+def test_a_run_folder_is_not_reused_with_another_recipe(tmp_path, fake_stages):
+    out = tmp_path / "run"
+    assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
+    with pytest.raises(SystemExit, match="other settings"):
+        demo.main(["--recipe", "shapes", "--out", str(out)])
+
+
+def test_every_demo_recipe_validates_with_its_stage_configs(tmp_path):
+    from vidlm.config import load_yaml
+    from vidlm.lm.train import TrainConfig as LMTrainConfig
+    from vidlm.tokenizer.config import TrainConfig as TokenizerTrainConfig
+
+    paths = sorted((demo.RECIPES / "demo").glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"shapes", "fast", "real-cpu", "debug"}
+    for path in paths:
+        cfg = demo.load_config(path)
+        tok = demo.derive_config(cfg.tokenizer_recipe, cfg.tokenizer_overrides, tmp_path / f"{path.stem}-tok.yaml")
+        lm = demo.derive_config(cfg.lm_recipe, cfg.lm_overrides, tmp_path / f"{path.stem}-lm.yaml")
+        tcfg, lcfg = load_yaml(TokenizerTrainConfig, tok), load_yaml(LMTrainConfig, lm)
+        # the tokenizer trains on the clips the demo makes
+        assert tuple(tcfg.data.size) == tuple(cfg.size) and tcfg.data.frames == cfg.frames, path
+        assert tcfg.steps == cfg.tokenizer_overrides.get("steps", tcfg.steps) and lcfg.steps >= 1
+
+
+def test_derived_config_applies_overrides(tmp_path):
+    src = tmp_path / "r.yaml"
+    src.write_text("steps: 10\noptim:\n  lr: 0.1\n  betas: [0.9, 0.99]\n")
+    out = demo.derive_config(str(src), {"steps": 3, "optim.lr": 0.5}, tmp_path / "d.yaml")
+    import yaml
+
+    assert yaml.safe_load(out.read_text()) == {"steps": 3, "optim": {"lr": 0.5, "betas": [0.9, 0.99]}}
+
+
+# ----------------------------------------------------------------------------- gallery
+class FakeGenerator:
+    """Answers every task with a recognisable video: frame t is gray level t / T."""
+
+    def _clip(self, frames, size=(32, 32)):
+        w, h = size
+        ramp = torch.linspace(-1, 1, frames)[None, :, None, None]
+        return Generated(ramp.expand(3, frames, h, w).clone(), None)
+
+    def t2v(self, text, frames, size, **kw):
+        return self._clip(frames, size)
+
+    def t2i(self, text, size, **kw):
+        return self._clip(1, size)
+
+    def i2v(self, image, text, frames, **kw):
+        return self._clip(frames)
+
+    def extend(self, video, direction, frames, text, **kw):
+        return self._clip(frames)
+
+    def connect(self, a, b, frames, text, **kw):
+        return self._clip(frames)
+
+    def loop(self, text, frames, size=None, **kw):
+        return self._clip(frames)
+
+    def edit(self, video, text, **kw):
+        return self._clip(video.shape[1])
+
+    def long(self, text, seconds, fps, size, **kw):
+        return self._clip(1 + 4 * round(seconds * fps / 4), size)
+
+
+def test_gallery_shows_every_task_with_its_inputs(tmp_path):
+    cfg = demo.load_config(demo.RECIPES / "demo" / "debug.yaml")
+    from vidlm.evaluate import heldout_clips
+
+    w, h = cfg.size
+    sources = [(v, c) for v, c, _ in heldout_clips(9, 0, width=w, height=h, frames=cfg.frames)]
+    entries = demo.generate_all(FakeGenerator(), cfg, sources, progress=False)
+    assert [e.task for e in entries] == list(TASKS)
+    index = demo.write_gallery(tmp_path, entries, cfg.fps)
+    page = index.read_text()
+    for e in entries:
+        name = f"{e.task}.{'png' if e.task == 't2i' else 'gif'}"
+        assert f'src="gallery/{name}"' in page and (tmp_path / "gallery" / name).is_file()
+        assert e.prompt and e.prompt in page
+    assert "seam score" in page  # the loop's
+    assert sum(f"{t}-input" in page for t in TASKS) == 6  # i2v, extend x2, connect (2 inputs), edit
+    frames = iio.imread(tmp_path / "gallery" / "extend-forward.gif")
+    assert frames.shape[0] == cfg.frames
+    sheet = iio.imread(tmp_path / "contact_sheet.png")
+    assert sheet.shape[0] == len(TASKS) * (h + 4)
+
+
+def test_edit_prompt_changes_the_colour():
+    assert demo.edited_caption("a red circle bouncing upward on a black background") != \
+        "a red circle bouncing upward on a black background"
+    assert "red" not in demo.edited_caption("a red circle bouncing upward on a black background")
+
+
+# ----------------------------------------------------------------------------- the whole flow
+def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
+    from vidlm.lm.pipeline import VideoGenerator
+
+    out = tmp_path / "demo"
+    assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    for task in TASKS:
+        name = f"{task}.{'png' if task == 't2i' else 'gif'}"
+        assert (out / "gallery" / name).stat().st_size > 0 and f"gallery/{name}" in page
+    assert iio.imread(out / "gallery" / "t2v.gif").shape == (9, 32, 32, 3)
+    assert iio.imread(out / "contact_sheet.png").ndim == 3
+    assert all((out / "stages" / f"{s}.json").is_file() for s in demo.STAGES)
+    gen = VideoGenerator.from_pretrained(out / "model")  # what `--model OUT/model` loads
+    assert gen.tokenizer.factors == (4, 4)
+
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*") if p.is_file()}
+    shipped = tmp_path / "weights" / "shapes-debug"
+    assert demo.main(["--recipe", "debug", "--out", str(out), "--ship", str(shipped)]) == 0
+    assert capsys.readouterr().out.count("skipped") == len(demo.STAGES)
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*") if p.is_file()}
+
+    # shipped weights: the LM stored as float16, loading gives the float32 model back
+    from safetensors.torch import load_file
+
+    assert {v.dtype for v in load_file(str(shipped / "lm" / "model.safetensors")).values()} == {torch.float16}
+    info = json.loads((shipped / "info.json").read_text())
+    assert "--recipe recipes/demo/debug.yaml" in info["made_by"] and set(info["stage_seconds"]) == set(demo.STAGES)
+    small = VideoGenerator.from_pretrained(shipped)
+    assert all(p.dtype == torch.float32 for p in small.lm.parameters())
+    for a, b in zip(gen.lm.parameters(), small.lm.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+SHIPPED = demo.REPO / "vidlm" / "weights" / "shapes-demo"
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped weights not built (vidlm demo --ship ...)")
+def test_shipped_weights_load_by_name_and_run_every_task():
+    import dataclasses
+
+    from vidlm.lm.pipeline import VideoGenerator
+
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
+    gen = VideoGenerator.from_pretrained("shapes-demo")
+    cfg = dataclasses.replace(demo.load_config(demo.RECIPES / "demo" / "shapes.yaml"), frames=9,
+                              known_frames=1, long_seconds=2.0)
+    from vidlm.evaluate import heldout_clips
+
+    sources = [(v, c) for v, c, _ in heldout_clips(9, 0, frames=9)]
+    entries = demo.generate_all(gen, cfg, sources, progress=False)
+    assert [e.task for e in entries] == list(TASKS)
+    for e in entries:
+        assert e.output.shape[0] == 3 and e.output.shape[-2:] == (64, 64) and e.output.abs().max() <= 1

@@ -1,0 +1,504 @@
+"""`vidlm demo`: the whole system, end to end, on one CPU.
+
+    data       synthesize the shapes world into mp4 shards (or pack --videos into shards)
+    text       train the caption tokenizer (sentencepiece)
+    tokenizer  train the 3D VQGAN video tokenizer, export it
+    tokens     pre-tokenize the shards into token shards
+    lm         train the video LM, export it
+    gallery    generate every task and write OUT/index.html, OUT/contact_sheet.png, OUT/gallery/
+
+Each stage calls the stage's own CLI `main(argv)` in this process (no launcher) with a config
+derived from the recipe the demo recipe names (recipes/demo/*.yaml), written to OUT/configs/.
+A stage is finished when OUT/stages/NAME.json exists; it is written last, so a re-run skips
+finished stages and an interrupted one starts over (trainers resume from their `latest`).
+The trained model lands in OUT/model/{tokenizer,text,lm}, a folder `--model` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+STAGES = ("data", "text", "tokenizer", "tokens", "lm", "gallery")
+
+EXAMPLES = """\
+examples:
+  vidlm demo                                   # train everything on the shapes world (~20 min)
+  vidlm demo --pretrained                      # the shipped shapes-demo weights, gallery only
+  vidlm demo --videos ../shared/data/real --captions ../shared/data/real/captions.jsonl \\
+      --out runs/demo-real                     # the same flow on your own clips
+  vidlm demo --out runs/demo --redo lm         # retrain the LM (and what follows), keep the rest
+
+Open OUT/index.html for the gallery. `vidlm generate TASK --model OUT/model ...` samples more;
+`vidlm eval world --model OUT/model` measures it.
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """A demo run: its data, the stage recipes it trains with, and what the gallery shows."""
+
+    clips: int = 2000
+    """Shapes-world clips to synthesize (ignored with --videos)."""
+    seed: int = 0
+    """Seed of the synthesized clips (training clip seeds are `clip_seed(seed, i)`)."""
+    size: tuple[int, ...] = (64, 64)
+    """Width, height of the synthesized clips and of the gallery."""
+    frames: int = 17
+    """Frames per clip (1 + 4k)."""
+    fps: float = 8.0
+    """Frame rate of clips and GIFs."""
+    text_vocab_size: int = 256
+    """Caption tokenizer pieces (fewer on tiny caption sets)."""
+    tokenizer_recipe: str = "recipes/tokenizer/demo.yaml"
+    """Video tokenizer run config (relative to the repo)."""
+    tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
+    """Keys of the tokenizer recipe replaced for the demo (dotted keys reach nested sections)."""
+    lm_recipe: str = "recipes/lm/demo.yaml"
+    """LM run config (relative to the repo)."""
+    lm_overrides: dict[str, Any] = field(default_factory=dict)
+    """Keys of the LM recipe replaced for the demo."""
+    known_frames: int = 5
+    """Frames given to extend / connect (1 + 4k)."""
+    long_seconds: float = 4.0
+    """Duration of the `long` gallery entry."""
+    temperature: float = 1.0
+    """Sampling temperature of the gallery."""
+    top_k: int | None = None
+    """Top-k of the gallery's sampling (None: off)."""
+    cfg_text: float = 1.0
+    """Text guidance scale of the gallery (1: none)."""
+
+    def __post_init__(self):
+        if len(self.size) != 2 or min(self.size) <= 0:
+            raise ValueError(f"size must be [width, height], got {list(self.size)}")
+        for name in ("frames", "known_frames"):
+            if (getattr(self, name) - 1) % 4:
+                raise ValueError(f"{name} must be 1 + 4k (5, 9, 17, ...), got {getattr(self, name)}")
+
+
+def load_config(path: Path) -> DemoConfig:
+    from vidlm.config import load_yaml
+
+    return load_yaml(DemoConfig, path)
+
+
+# ----------------------------------------------------------------------------- stages
+class Run:
+    """The paths of one demo run and its stage markers."""
+
+    def __init__(self, out: Path, cfg: DemoConfig, args):
+        self.out, self.cfg, self.args = Path(out), cfg, args
+        self.shards = self.out / "data" / "shards"
+        self.model = self.out / "model"
+        self.configs = self.out / "configs"
+        self.stages = self.out / "stages"
+
+    def marker(self, name: str) -> Path:
+        return self.stages / f"{name}.json"
+
+    def done(self, name: str) -> bool:
+        return self.marker(name).is_file()
+
+    def finish(self, name: str, seconds: float, **info) -> None:
+        self.stages.mkdir(parents=True, exist_ok=True)
+        tmp = self.marker(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stage": name, "seconds": round(seconds, 1), **info}, indent=1) + "\n")
+        tmp.replace(self.marker(name))
+
+    def seconds(self, name: str) -> float | None:
+        return json.loads(self.marker(name).read_text())["seconds"] if self.done(name) else None
+
+
+def derive_config(recipe: str, overrides: dict[str, Any], out: Path) -> Path:
+    """The recipe YAML with `overrides` applied (dotted keys reach nested sections), at `out`."""
+    import yaml
+
+    src = Path(recipe) if Path(recipe).is_absolute() else REPO / recipe
+    if not src.is_file():
+        raise FileNotFoundError(f"demo: recipe {src} not found (the demo runs from a clone of the repo)")
+    data = yaml.safe_load(src.read_text()) or {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# derived by `vidlm demo` from {recipe}\n" + yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+COMMANDS = {"vidlm.data.cli": "vidlm data", "vidlm.tokenizer.cli": "vidlm tokenizer", "vidlm.lm.cli": "vidlm lm",
+            "vidlm.lm.pretokenize": "vidlm data tokenize"}
+
+
+def call(module: str, argv: list[str]) -> None:
+    """Run a stage CLI's main(argv) in this process (printed as the command a user would type);
+    a non-zero exit stops the demo."""
+    import importlib
+
+    import torch
+
+    command = f"{COMMANDS[module]} {' '.join(argv)}"
+    print(f"  $ {command}", flush=True)
+    threads = torch.get_num_threads()  # a recipe's `threads` holds for its own stage only
+    try:
+        rc = importlib.import_module(module).main(argv) or 0
+    finally:
+        torch.set_num_threads(threads)
+    if rc:
+        raise SystemExit(f"demo: `{command}` failed with exit code {rc}")
+
+
+def stage_data(run: Run) -> dict:
+    shutil.rmtree(run.shards, ignore_errors=True)
+    a, c = run.args, run.cfg
+    if a.videos:
+        argv = ["shards", "--videos", *a.videos, "--out", str(run.shards)]
+        call("vidlm.data.cli", argv + (["--captions", a.captions] if a.captions else []))
+    else:
+        w, h = c.size
+        call("vidlm.data.cli", ["synth", "--out", str(run.shards), "--num", str(c.clips), "--seed", str(c.seed),
+                                "--size", f"{w}x{h}", "--frames", str(c.frames), "--fps", str(c.fps)])
+    return {"shards": len(list(run.shards.glob("*.tar")))}
+
+
+def stage_text(run: Run) -> dict:
+    call("vidlm.data.cli", ["train-text-tokenizer", "--shards", str(run.shards), "--vocab-size",
+                            str(run.cfg.text_vocab_size), "--out", str(run.model / "text")])
+    return {}
+
+
+def stage_tokenizer(run: Run) -> dict:
+    c = run.cfg
+    runs = run.out / "runs" / "tokenizer"
+    cfg = derive_config(c.tokenizer_recipe, c.tokenizer_overrides, run.configs / "tokenizer.yaml")
+    call("vidlm.tokenizer.cli", ["train", "--config", str(cfg), "--data", str(run.shards), "--run", str(runs)])
+    call("vidlm.tokenizer.cli", ["export", "--run", str(runs), "--out", str(run.model / "tokenizer")])
+    return {}
+
+
+def stage_tokens(run: Run) -> dict:
+    tokens = run.out / "data" / "tokens"
+    shutil.rmtree(tokens, ignore_errors=True)
+    w, h = run.cfg.size
+    call("vidlm.lm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
+                                  "--shards", str(run.shards), "--out", str(tokens), "--frames",
+                                  str(run.cfg.frames), "--area", str(w * h), "--fps", str(run.cfg.fps)])
+    return {}
+
+
+def stage_lm(run: Run) -> dict:
+    c = run.cfg
+    runs = run.out / "runs" / "lm"
+    cfg = derive_config(c.lm_recipe, c.lm_overrides, run.configs / "lm.yaml")
+    call("vidlm.lm.cli", ["train", "--config", str(cfg), "--data", str(run.out / "data" / "tokens"),
+                          "--run", str(runs)])
+    call("vidlm.lm.cli", ["export", "--run", str(runs), "--out", str(run.model / "lm")])
+    return {}
+
+
+def stage_gallery(run: Run) -> dict:
+    from vidlm.lm.pipeline import VideoGenerator
+
+    model = "shapes-demo" if run.args.pretrained else run.model
+    try:
+        gen = VideoGenerator.from_pretrained(model)
+    except FileNotFoundError as e:
+        raise SystemExit(f"demo: {e}") from None
+    entries = generate_all(gen, run.cfg, gallery_sources(run), progress=True)
+    write_gallery(run.out, entries, run.cfg.fps, title=f"vidlm demo — {model}")
+    return {"model": str(model), "entries": len(entries)}
+
+
+STAGE_FNS = {"data": stage_data, "text": stage_text, "tokenizer": stage_tokenizer, "tokens": stage_tokens,
+             "lm": stage_lm, "gallery": stage_gallery}
+
+
+# ----------------------------------------------------------------------------- gallery
+@dataclass
+class Entry:
+    """One gallery item: a task, its prompt and inputs, and what the model made."""
+
+    task: str
+    prompt: str | None
+    inputs: list  # [(label, (C,T,H,W) float in [-1,1])]
+    output: Any  # (C,T,H,W) float in [-1,1]
+    seconds: float
+    note: str = ""
+
+
+def gallery_sources(run: Run) -> list[tuple]:
+    """Clips [(video (C,T,H,W), caption)] the gallery conditions on: held-out shapes-world clips
+    (one object, no bar), or the user's clips with --videos."""
+    c = run.cfg
+    if not run.args.videos:
+        from vidlm.evaluate import heldout_clips
+
+        w, h = c.size
+        return [(v, cap) for v, cap, _ in heldout_clips(9, 0, width=w, height=h, frames=c.frames, fps=c.fps)]
+    from vidlm.data.buckets import Bucket, resize_crop
+    from vidlm.data.shards import find_videos, load_captions
+    from vidlm.data.video import VideoDecodeError, read_clip
+
+    captions = load_captions(run.args.captions) if run.args.captions else {}
+    w, h = c.size
+    out = []
+    for path in find_videos(run.args.videos):
+        try:
+            clip = read_clip(path, c.frames, fps=c.fps, short="pad")
+        except VideoDecodeError:
+            continue
+        out.append((resize_crop(clip, Bucket(width=w, height=h, frames=c.frames)), captions.get(path.name, "")))
+    if not out:
+        raise SystemExit(f"demo: no readable video in {run.args.videos}")
+    return [out[i % len(out)] for i in range(9)]
+
+
+def edited_caption(caption: str) -> str:
+    """The caption with its object's colour swapped (shapes world), for the edit task."""
+    from vidlm.data.synthetic import COLOURS
+
+    words = caption.split()
+    for i, word in enumerate(words):
+        if word in COLOURS:
+            names = list(COLOURS)
+            swap = names[(names.index(word) + 3) % len(names)]
+            if swap not in words:
+                words[i] = swap
+                return " ".join(words)
+    return caption
+
+
+def generate_all(gen, cfg: DemoConfig, sources: list[tuple], *, seed: int = 0, progress: bool = True) -> list[Entry]:
+    """Every task once, conditioned on `sources` (9 clips with captions)."""
+    from tqdm.auto import tqdm
+
+    from vidlm.lm.pipeline import seam_score
+
+    k, T, size = cfg.known_frames, cfg.frames, cfg.size
+    opts = dict(seed=seed, temperature=cfg.temperature, top_k=cfg.top_k, cfg_text=cfg.cfg_text)
+    (v0, c0), (v1, c1), (v2, c2), (v3, c3), (v4, c4), (v5, c5), (v6, c6), (v7, c7), (v8, c8) = sources[:9]
+    edit_prompt = edited_caption(c7)
+    jobs = [
+        ("t2v", c0, [("a held-out clip with this caption (not given)", v0)],
+         lambda: gen.t2v(c0, frames=T, size=size, **opts)),
+        ("t2i", c1, [], lambda: gen.t2i(c1, size=size, **opts)),
+        ("i2v", c2, [("first frame", v2[:, :1])], lambda: gen.i2v(v2[:, 0], c2, frames=T, **opts)),
+        ("extend-forward", c3, [(f"first {k} frames", v3[:, :k])],
+         lambda: gen.extend(v3[:, :k], direction="forward", frames=T, text=c3, **opts)),
+        ("extend-backward", c4, [(f"last {k} frames", v4[:, -k:])],
+         lambda: gen.extend(v4[:, -k:], direction="backward", frames=T, text=c4, **opts)),
+        ("connect", c5, [("head", v5[:, :k]), ("tail", v5[:, -k:])],
+         lambda: gen.connect(v5[:, :k], v5[:, -k:], frames=T, text=c5, **opts)),
+        ("loop", c6, [], lambda: gen.loop(c6, frames=T, size=size, **opts)),
+        ("edit", edit_prompt, [(f"source: {c7}", v7)], lambda: gen.edit(v7, edit_prompt, **opts)),
+        ("long", c8, [], lambda: gen.long(c8, seconds=cfg.long_seconds, fps=cfg.fps, size=size, **opts)),
+    ]
+    entries = []
+    for task, prompt, inputs, fn in tqdm(jobs, desc="gallery", unit="task", disable=not progress):
+        t0 = time.time()
+        video = fn().video.float().cpu().clamp(-1, 1)
+        note = f"seam score {seam_score(video):.2f}" if task == "loop" else ""
+        entries.append(Entry(task, prompt, inputs, video, time.time() - t0, note))
+    return entries
+
+
+def contact_sheet(entries: list[Entry], *, columns: int = 9):
+    """(H, W, 3) uint8: one row per task: its name, the inputs' first frames, `columns` frames of
+    the output evenly spread over time."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from vidlm.evaluate import to_uint8
+
+    h, w = entries[0].output.shape[-2:]
+    label_w, gap = 112, 6
+    max_in = max(len(e.inputs) for e in entries)
+    width = label_w + max_in * (w + 2) + gap + columns * (w + 2)
+    sheet = np.full((len(entries) * (h + 4), width, 3), 200, np.uint8)
+    for r, e in enumerate(entries):
+        y = r * (h + 4) + 2
+        x = label_w
+        for _, video in e.inputs:
+            sheet[y:y + h, x:x + w] = to_uint8(video)[0]
+            x += w + 2
+        x = label_w + max_in * (w + 2) + gap
+        frames = to_uint8(e.output)
+        for t in np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int):
+            sheet[y:y + h, x:x + w] = frames[t]
+            x += w + 2
+    img = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(img)
+    for r, e in enumerate(entries):
+        draw.text((4, r * (h + 4) + h // 2 - 6), e.task, fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def write_gallery(out: Path, entries: list[Entry], fps: float, *, title: str = "vidlm demo") -> Path:
+    """OUT/gallery/*.gif (+ inputs), OUT/contact_sheet.png and OUT/index.html."""
+    from vidlm.data.video import write_video
+
+    out = Path(out)
+    gal = out / "gallery"
+    gal.mkdir(parents=True, exist_ok=True)
+    cards = []
+    for e in entries:
+        still = e.output.shape[1] == 1
+        name = f"{e.task}.{'png' if still else 'gif'}"
+        write_video(gal / name, e.output, fps)
+        ins = []
+        for j, (label, video) in enumerate(e.inputs):
+            iname = f"{e.task}-input{j}.{'png' if video.shape[1] == 1 else 'gif'}"
+            write_video(gal / iname, video, fps)
+            ins.append(f'<figure><img src="gallery/{iname}"><figcaption>{html.escape(label)}</figcaption></figure>')
+        t, hh, ww = e.output.shape[1:]
+        meta = f"{t} frame{'s' * (t > 1)}, {ww}x{hh}, {e.seconds:.1f} s" + (f"; {e.note}" if e.note else "")
+        cards.append(
+            f'<tr><td><b>{e.task}</b></td><td>{html.escape(e.prompt or "")}</td>'
+            f'<td>{"".join(ins) or "&mdash;"}</td>'
+            f'<td><figure><img src="gallery/{name}"><figcaption>{html.escape(meta)}</figcaption></figure></td></tr>')
+    write_video(out / "contact_sheet.png", contact_sheet(entries)[None], fps)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+img {{ image-rendering: pixelated; width: 192px; }}
+table {{ border-collapse: collapse; }} td {{ border-top: 1px solid #ccc; padding: 8px; vertical-align: top; }}
+figure {{ display: inline-block; margin: 0 8px 0 0; }} figcaption {{ font-size: 80%; color: #555; }}
+img.sheet {{ width: auto; max-width: 100%; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Every task of one model. Inputs are held-out clips the model never saw in training.
+Contact sheet: each row is a task, its inputs, then frames of its output over time.</p>
+<img class="sheet" src="contact_sheet.png">
+<table><tr><th>task</th><th>prompt</th><th>inputs</th><th>output</th></tr>
+{chr(10).join(cards)}
+</table></body></html>
+"""
+    (out / "index.html").write_text(page)
+    return out / "index.html"
+
+
+# ----------------------------------------------------------------------------- shipping
+def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
+    """Copy OUT/model to `dest` as shipped weights: the LM's weights stored as float16 (loading
+    casts them back to the model's float32; this halves the download), everything else as is,
+    plus dest/info.json saying how they were made."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for part in ("tokenizer", "text", "lm"):
+        if not (run.model / part).is_dir():
+            raise SystemExit(f"demo: {run.model / part} is missing; run the demo to the end first")
+    tmp = Path(str(dest) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run.model, tmp)
+    weights = tmp / "lm" / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(weights))
+    stages = {n: run.seconds(n) for n in STAGES if run.done(n)}
+    rel = recipe.resolve().relative_to(REPO) if recipe.resolve().is_relative_to(REPO) else recipe
+    info = {"made_by": f"vidlm demo --recipe {rel} --out {run.out} --ship {dest}", "recipe": str(rel),
+            "stage_seconds": stages, "lm_weights_dtype": "float16",
+            "bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())}
+    (tmp / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    print(f"shipped {run.model} -> {dest} ({info['bytes'] / 2**20:.1f} MiB)")
+    return dest
+
+
+# ----------------------------------------------------------------------------- CLI
+def resolve_recipe(name: str) -> Path:
+    """A recipe name (recipes/demo/NAME.yaml) or a path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SystemExit(f"demo: recipe {path} not found")
+        return path
+    path = RECIPES / "demo" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (RECIPES / "demo").glob("*.yaml"))
+        raise SystemExit(f"demo: no recipe named {name!r}; known: {known}, or pass a YAML path")
+    return path
+
+
+def check_same_recipe(run: Run, recipe: Path) -> None:
+    """OUT/recipe.yaml records what the run was made with; finished stages of another recipe (or
+    other --videos) are not silently reused."""
+    from vidlm.config import to_dict
+
+    record = {"recipe": str(recipe), "config": to_dict(run.cfg), "videos": run.args.videos,
+              "captions": run.args.captions, "pretrained": run.args.pretrained}
+    path = run.out / "recipe.json"
+    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(record)):
+        raise SystemExit(f"demo: {run.out} was made with other settings ({path}); pass another --out, "
+                         f"or delete {run.out} to start over")
+    run.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vidlm demo", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/demo, "
+                   "runs/demo-pretrained with --pretrained, runs/demo-real with --videos)")
+    p.add_argument("--pretrained", action="store_true", help="skip training: gallery of the shipped shapes-demo weights")
+    p.add_argument("--videos", nargs="+", metavar="DIR", help="train on these video files/folders instead of the shapes world")
+    p.add_argument("--captions", metavar="FILE", help='captions JSONL {"file": NAME, "caption": TEXT} for --videos')
+    p.add_argument("--fast", action="store_true", help="shorter training (recipe `fast`): a rough model in ~5 minutes")
+    p.add_argument("--recipe", help="demo recipe: a name in recipes/demo/ (shapes, fast, real-cpu, debug) or a YAML path")
+    p.add_argument("--redo", choices=STAGES, help="forget this stage and the ones after it, then run")
+    p.add_argument("--ship", type=Path, metavar="DIR", help="at the end, copy the model to DIR as shipped "
+                   "weights (how vidlm/weights/shapes-demo is made)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.captions and not args.videos:
+        raise SystemExit("demo: --captions goes with --videos")
+    recipe = resolve_recipe(args.recipe or ("fast" if args.fast else "real-cpu" if args.videos else "shapes"))
+    cfg = load_config(recipe)
+    out = args.out or Path("runs") / ("demo-pretrained" if args.pretrained else "demo-real" if args.videos else "demo")
+    run = Run(out, cfg, args)
+    check_same_recipe(run, recipe)
+    if args.redo:
+        for name in STAGES[STAGES.index(args.redo):]:
+            run.marker(name).unlink(missing_ok=True)
+    stages = ["gallery"] if args.pretrained else list(STAGES)
+    print(f"vidlm demo: recipe {recipe}, output {out}")
+    started = time.time()
+    for i, name in enumerate(stages, 1):
+        if run.done(name):
+            print(f"[{i}/{len(stages)}] {name}: finished before ({run.seconds(name):.0f} s), skipped")
+            continue
+        print(f"[{i}/{len(stages)}] {name}", flush=True)
+        t0 = time.time()
+        info = STAGE_FNS[name](run)
+        run.finish(name, time.time() - t0, **info)
+        print(f"[{i}/{len(stages)}] {name}: {time.time() - t0:.0f} s", flush=True)
+    print(f"\nstage times (s): " + ", ".join(f"{n} {run.seconds(n):.0f}" for n in stages)
+          + f"; this run {time.time() - started:.0f} s")
+    print(f"gallery: {out / 'index.html'}  contact sheet: {out / 'contact_sheet.png'}")
+    if args.ship and not args.pretrained:
+        ship(run, args.ship, recipe=recipe)
+    if not args.pretrained:
+        print(f"model: {run.model}  (vidlm generate TASK --model {run.model} ...; "
+              f"vidlm eval world --model {run.model})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
