@@ -4,11 +4,11 @@
 Presets (grid = latent frames x h x w at the training size; params = encoder + decoder):
 
     name      train px     factors (t, s)  grid            codebook                 params
-    debug     32x32x9      4, 4            3 x 8 x 8       FSQ 5^3 = 125            0.12 M   CPU, seconds
-    demo      64x64x17     4, 8            5 x 8 x 8 = 320 FSQ 8*5*5*5 = 1000       1.8 M    CPU
-    real-cpu  64x64x17     4, 8            5 x 8 x 8 = 320 FSQ 8^3*5^2 = 12800      6.3 M    CPU
-    base      128x128x17   4, 8            5 x 16 x 16     FSQ 8^3*5^3 = 64000      46 M     GPU
-    large     256x256x17   4, 8            5 x 32 x 32     FSQ 8^3*5^3 = 64000      183 M    GPU
+    debug     32x32x9      4, 4            3 x 8 x 8       FSQ 5^3 = 125            0.07 M   CPU, seconds
+    demo      64x64x17     4, 8            5 x 8 x 8 = 320 FSQ 8*5*5*5 = 1000       0.53 M   CPU
+    real-cpu  64x64x17     4, 8            5 x 8 x 8 = 320 FSQ 8^3*5^2 = 12800      3.4 M    CPU
+    base      128x128x17   4, 8            5 x 16 x 16     FSQ 8^3*5^3 = 64000      25 M     GPU
+    large     256x256x17   4, 8            5 x 32 x 32     FSQ 8^3*5^3 = 64000      99 M     GPU
 
 GPU memory of base / large (recipes/tokenizer/{base,large}.yaml) is an estimate from activation
 sizes (about 10-14 GB at micro batch 8 for base at 128 px, 40-60 GB at micro batch 4 for large at
@@ -36,7 +36,7 @@ class TokenizerConfig:
     channel_mult: tuple[int, ...] = (1, 2, 4)
     """Width multiplier per level; level i+1 follows a downsampling step (len = steps + 1)."""
     num_res_blocks: int = 1
-    """Residual blocks per level (encoder; the decoder uses the same)."""
+    """Residual conv blocks per level (encoder; the decoder uses the same); 0 for the CPU demo."""
     patch: int = 1
     """Spatial patchify of the input (space-to-depth) before the first conv: cheap high-res."""
     spatial_factor: int = 8
@@ -98,8 +98,8 @@ class TokenizerConfig:
 PRESETS: dict[str, TokenizerConfig] = {
     "debug": TokenizerConfig(name="debug", channels=8, channel_mult=(1, 2, 2), patch=1, spatial_factor=4,
                              levels=(5, 5, 5), latent_dim=4, norm_groups=4),
-    "demo": TokenizerConfig(name="demo", channels=32, channel_mult=(1, 2, 2), patch=2, spatial_factor=8,
-                            levels=(8, 5, 5, 5), latent_dim=8),
+    "demo": TokenizerConfig(name="demo", channels=32, channel_mult=(1, 2, 2), num_res_blocks=0, patch=2,
+                            spatial_factor=8, levels=(8, 5, 5, 5), latent_dim=8),
     "real-cpu": TokenizerConfig(name="real-cpu", channels=48, channel_mult=(1, 2, 2), num_res_blocks=2, patch=2,
                                 spatial_factor=8, levels=(8, 8, 8, 5, 5), latent_dim=8),
     "base": TokenizerConfig(name="base", channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, patch=1,
@@ -120,6 +120,12 @@ class LossConfig:
     """Weight of the L1 reconstruction loss."""
     l2_weight: float = 0.0
     """Weight of the L2 (MSE) reconstruction loss (PSNR is MSE-based)."""
+    hard_weight: float = 0.0
+    """Weight of the hard-pixel L1: the mean L1 of the `hard_fraction` worst-reconstructed pixels.
+    Small objects on flat backgrounds are a few % of the pixels, so the plain means learn the
+    background first and the objects late; this term puts their error up front."""
+    hard_fraction: float = 0.05
+    """Fraction of pixels (of each clip) the hard-pixel L1 averages over."""
     quantizer_weight: float = 1.0
     """Weight of the quantizer's aux loss (LFQ entropy / VQ commitment; FSQ has none)."""
     gan_weight: float = 0.1
