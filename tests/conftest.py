@@ -10,7 +10,7 @@ REAL_DATA = REPO.parent / "shared" / "data" / "real"
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     if not REAL_DATA.is_dir():
-        pytest.skip(f"real clips not found at ../shared/data/real (only in the team's checkout)")
+        pytest.skip("real clips not found at ../shared/data/real (only in the team's checkout)")
     return REAL_DATA
 
 

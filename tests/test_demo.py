@@ -5,9 +5,9 @@ import json
 import imageio.v3 as iio
 import pytest
 import torch
+from vidlm.lm.pipeline import Generated
 
 from vidlm import demo
-from vidlm.lm.pipeline import Generated
 
 TASKS = ("t2v", "t2i", "i2v", "extend-forward", "extend-backward", "connect", "loop", "edit", "long")
 
@@ -53,9 +53,10 @@ def test_a_run_folder_is_not_reused_with_another_recipe(tmp_path, fake_stages):
 
 
 def test_every_demo_recipe_validates_with_its_stage_configs(tmp_path):
-    from vidlm.config import load_yaml
     from vidlm.lm.train import TrainConfig as LMTrainConfig
     from vidlm.tokenizer.config import TrainConfig as TokenizerTrainConfig
+
+    from vidlm.config import load_yaml
 
     paths = sorted((demo.RECIPES / "demo").glob("*.yaml"))
     assert {p.stem for p in paths} >= {"shapes", "fast", "real-cpu", "debug"}

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from vidlm.lm.pipeline import Generated
 
 from vidlm.evaluate import EVAL_SEED_BASE, evaluate, heldout_clips, heldout_seed
-from vidlm.lm.pipeline import Generated
 
 REQUIRED = ("tokenizer_psnr", "color_accuracy", "shape_accuracy", "forward_error_ratio",
             "backward_error_ratio", "connect_error_ratio", "identity", "loop_seam")
@@ -59,7 +59,6 @@ class ScriptedModel:
     def connect(self, a, b, frames, text, **kw):
         if not self.frozen:
             return self._answer(text)
-        clip = self.by_caption[text]
         middle = a[:, -1:].expand(-1, frames - a.shape[1] - b.shape[1], -1, -1)
         return Generated(torch.cat([a, middle, b], 1), None)
 
@@ -91,8 +90,9 @@ def test_the_copy_last_baseline_scores_one():
 
 
 def test_eval_world_cli_on_a_debug_model(tmp_path, capsys):
-    from vidlm.evaluate import main
     from vidlm.lm.pipeline import VideoGenerator
+
+    from vidlm.evaluate import main
 
     captions = [c for _, c, _ in heldout_clips(8, seed=9, width=16, height=16)]
     VideoGenerator.random("debug", tokenizer="debug", captions=captions).save_pretrained(tmp_path / "model")

@@ -395,7 +395,6 @@ def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
     """Copy OUT/model to `dest` as shipped weights: the LM's weights stored as float16 (loading
     casts them back to the model's float32; this halves the download), everything else as is,
     plus dest/info.json saying how they were made."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     for part in ("tokenizer", "text", "lm"):
@@ -489,7 +488,7 @@ def main(argv=None) -> int:
         info = STAGE_FNS[name](run)
         run.finish(name, time.time() - t0, **info)
         print(f"[{i}/{len(stages)}] {name}: {time.time() - t0:.0f} s", flush=True)
-    print(f"\nstage times (s): " + ", ".join(f"{n} {run.seconds(n):.0f}" for n in stages)
+    print("\nstage times (s): " + ", ".join(f"{n} {run.seconds(n):.0f}" for n in stages)
           + f"; this run {time.time() - started:.0f} s")
     print(f"gallery: {out / 'index.html'}  contact sheet: {out / 'contact_sheet.png'}")
     if args.ship and not args.pretrained:
