@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vidlm.cli import parse_size
+
 EPILOG = """examples:
   vidlm data synth --out shards/shapes --num 2000 --seed 0
   vidlm data synth --out shards/shapes-wide --num 500 --size 96x64
@@ -16,13 +18,6 @@ EPILOG = """examples:
   vidlm data tokenize --help        (token shards; vidlm.lm.pretokenize)
 """
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        return w, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory for shapes-%%06d.tar")
     s.add_argument("--num", type=int, required=True, help="number of clips")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT (default 64x64)")
+    s.add_argument("--size", type=parse_size, default=(64, 64), help="WIDTHxHEIGHT (default 64x64)")
     s.add_argument("--frames", type=int, default=17)
     s.add_argument("--fps", type=float, default=8.0)
     s.add_argument("--shard-size", type=int, default=500)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vidlm.cli import parse_size
+
 TASKS = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
 
 EXAMPLES = """\
@@ -23,14 +25,6 @@ examples:
 shapes-demo); --tokenizer / --lm override one part. The output format follows the suffix of
 --out: .mp4 (H.264 yuv420p), .gif and .webp (loops), .png (t2i, or a strip of frames).
 """
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size wants WIDTHxHEIGHT such as 64x64, got {text!r}") from None
-    return w, h
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from vidlm.cli import parse_size
+
 EPILOG = """examples:
   vidlm tokenizer train --config recipes/tokenizer/debug.yaml --run runs/tok-debug
   vidlm tokenizer train --config recipes/tokenizer/demo.yaml --data shards/shapes --run runs/tok-demo
@@ -18,13 +20,6 @@ EPILOG = """examples:
 A run resumes from RUN/latest when started again with the same --run.
 """
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        return w, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=fmt)
     e.add_argument("--model", required=True, help="tokenizer folder (config.json + model.safetensors)")
     e.add_argument("--data", required=True, nargs="+", help="shards (glob/folder of .tar) or a folder of videos")
-    e.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT (default 64x64)")
+    e.add_argument("--size", type=parse_size, default=(64, 64), help="WIDTHxHEIGHT (default 64x64)")
     e.add_argument("--frames", type=int, default=17)
     e.add_argument("--fps", type=float, default=8.0)
     e.add_argument("--clips", type=int, default=64, help="clips evaluated (default 64)")

@@ -11,6 +11,7 @@
 Every subcommand also runs as `python -m MODULE`.
 """
 
+import argparse
 import importlib
 import sys
 
@@ -21,7 +22,17 @@ COMMANDS = {
     "generate": ("vidlm.lm.generate", "generate videos: t2v, t2i, i2v, extend, connect, loop, edit, long"),
     "demo": ("vidlm.demo", "end-to-end demo on the shapes world"),
     "eval": ("vidlm.evaluate", "world-simulation evaluation"),
+    "bench": ("vidlm.bench", "benchmarks of a source checkout (bench/)"),
 }
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type of every --size: "WIDTHxHEIGHT" -> (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
+    return w, h
 
 
 def usage() -> str:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vidlm.cli import parse_size
+
 EVAL_SEED_BASE = 2**32
 """Held-out clip seeds start here. Training clips come from `synth_shards`, whose clip seeds are
 `clip_seed(seed, index)`, a uint32 (< 2**32): the two ranges never meet, whatever the seeds."""
@@ -265,13 +267,6 @@ def format_table(report: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        return w, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vidlm eval", description="World-simulation evaluation.",
@@ -283,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--num", type=int, default=16, help="held-out clips (default 16)")
     w.add_argument("--seed", type=int, default=0, help="which held-out clips and sampling seeds")
     w.add_argument("--out", type=Path, help="write the report as JSON here")
-    w.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT of the clips (default 64x64)")
+    w.add_argument("--size", type=parse_size, default=(64, 64), help="WIDTHxHEIGHT of the clips (default 64x64)")
     w.add_argument("--frames", type=int, default=17, help="frames per clip, 1+4k (default 17)")
     w.add_argument("--known", type=int, default=5, help="frames given to extend/connect, 1+4k (default 5)")
     w.add_argument("--temperature", type=float, default=1.0)
