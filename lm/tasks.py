@@ -1,7 +1,6 @@
 """Task formats: every task is "some frames are known, at known times; generate the rest".
 
-NOTE for the sampler (additions to interfaces.md; nothing in it changed except the KV cache
-layout, which is internal: k/v are (n_layers, B, max_len, n_kv_heads, head_dim)):
+Interface (what the sampler and the pipeline rely on):
 - `render_prompt(task, vocab, *, grid, text=None, known=(), drop_text=False, drop_known=False)`.
   `text` is TextTokenizer ids (or None); `known` is [(start latent frame | None, codes (tk,h,w))].
   For the guidance variants, pass the SAME text/known with drop_text / drop_known set: that is
@@ -9,7 +8,7 @@ layout, which is internal: k/v are (n_layers, B, max_len, n_kv_heads, head_dim))
   known=[] instead generates every frame and shifts the <gen> marker). Video coordinates do not
   depend on the text, so every variant generates at the same gen_coords.
 - Video coordinates are the plain grid coordinates (t, y, x) of the latent clip; the prefix sits
-  on the diagonal at negative positions. `place()` in the pipeline can use them directly.
+  on the diagonal at negative positions, so generated codes go straight to their grid place.
 - `loop` with known=[(0, head)] places a copy of the head right after the end (t .. t+k-1).
   A text-only loop (known=[]) is just a clip with the loop token: make a head first (t2v/t2i),
   then loop it, if the seam must close.
