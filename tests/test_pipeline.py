@@ -1,14 +1,6 @@
 """The video-level API (vidlm.VideoGenerator) on `debug` models with random weights.
 
-The README's video-level example, runnable as is once `vidlm demo` has shipped its weights:
-
-    from vidlm import VideoGenerator
-
-    gen = VideoGenerator.from_pretrained("shapes-demo")
-    video, codes = gen.t2v("a red circle moves right", frames=17, size=(64, 64), seed=0)
-    # video (3, 17, 64, 64) in [-1, 1]; codes (5, 8, 8)
-    video, codes = gen.extend(video, direction="forward", frames=33, seed=1)
-    video, codes = gen.loop("a blue square bounces", frames=17, cfg_text=3.0)
+The README's video-level example (on the shipped weights) runs in tests/test_readme.py.
 """
 
 import pytest

@@ -1,6 +1,6 @@
 """Token-level sampling (vidlm.lm.sample) on a tiny hand-made model and on a `debug` VideoLM.
 
-`test_readme_token_level_example` runs the README's token-level example verbatim.
+The README's token-level example runs in tests/test_readme.py.
 """
 
 from dataclasses import dataclass
@@ -195,27 +195,3 @@ def test_debug_videolm_context_error(debug_lm):
     with pytest.raises(ContextError, match="holds 512"):
         generate(debug_lm, make_prompt(500, 13), legal=(32, 64))
 
-
-def test_readme_token_level_example():
-    # --- README: token-level API (keep in sync) ---
-    import torch
-    from vidlm.lm.config import LMConfig
-    from vidlm.lm.model import VideoLM
-    from vidlm.lm.sample import CFG, generate, stream
-    from vidlm.lm.tasks import render_prompt
-    from vidlm.lm.vocab import Vocab
-
-    vocab = Vocab(text_size=64, code_size=256)  # usually Vocab.from_pretrained("model/lm")
-    model = VideoLM(LMConfig.from_name("debug", vocab_size=vocab.size)).eval()
-    text = [5, 9, 12]  # caption pieces: TextTokenizer.encode("a red circle")
-    grid = (2, 4, 4)  # latent frames, rows, columns
-    prompt = render_prompt("t2v", vocab, grid=grid, text=text)
-    no_text = render_prompt("t2v", vocab, grid=grid, text=text, drop_text=True)
-    ids = generate(model, prompt, legal=vocab.code_range, temperature=1.0, top_k=50,
-                   cfg=CFG(text=3.0, visual=3.0, no_text=no_text, uncond=no_text),
-                   generator=torch.Generator().manual_seed(0))  # (1, 32) ids, all codes
-    codes = vocab.ids_to_codes(ids[0]).view(grid)  # VideoTokenizer.decode(codes[None]) -> video
-    for token in stream(model, prompt, legal=vocab.code_range, max_new_tokens=4):
-        print(token)  # one (1,) tensor per generated position, as it is sampled
-    # --- end ---
-    assert codes.shape == grid and codes.min() >= 0 and codes.max() < 256
