@@ -80,12 +80,12 @@ def hf_state_dict(model) -> dict:
         p = f"model.layers.{i}."
         sd[p + "input_layernorm.weight"] = layer.attn_norm.weight
         sd[p + "post_attention_layernorm.weight"] = layer.mlp_norm.weight
-        sd[p + "self_attn.q_proj.weight"] = layer.attn.wq.weight
-        sd[p + "self_attn.k_proj.weight"] = layer.attn.wk.weight
-        sd[p + "self_attn.v_proj.weight"] = layer.attn.wv.weight
+        cfg, hd = model.cfg, model.cfg.head_dim
+        q, k, v = layer.attn.wqkv.weight.split([cfg.n_heads * hd, cfg.kv_heads * hd, cfg.kv_heads * hd])
+        sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"] = q, k
+        sd[p + "self_attn.v_proj.weight"] = v
         sd[p + "self_attn.o_proj.weight"] = layer.attn.wo.weight
-        sd[p + "mlp.gate_proj.weight"] = layer.mlp.w1.weight
-        sd[p + "mlp.up_proj.weight"] = layer.mlp.w3.weight
+        sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"] = layer.mlp.w13.weight.chunk(2)
         sd[p + "mlp.down_proj.weight"] = layer.mlp.w2.weight
     return {k: v.detach().clone() for k, v in sd.items()}
 

@@ -29,7 +29,6 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 
@@ -60,7 +59,7 @@ def block_mask(q_doc: Tensor, k_doc: Tensor) -> Tensor:
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,
          mask: Tensor | None = None) -> Tensor:
-    q, k, v = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B,H,L,D)
     lq, lk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     if q_doc is None:
@@ -73,7 +72,7 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | 
     else:
         mask = block_mask(q_doc, k_doc) if mask is None else mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-    return rearrange(out, "b h l d -> b l h d")
+    return out.transpose(1, 2)
 
 
 def _cu_seqlens(doc: Tensor) -> tuple[Tensor, int]:

@@ -4,7 +4,7 @@
     logits = model(ids, coords)                     # ids (B,L), coords (B,L,3) (t,y,x) -> (B,L,V) fp32
     logits = model(ids, coords, doc_ids=doc)        # packed rows: doc ids 0,1,2,...; -1 = padding
     cache = KVCache.allocate(model.cfg, B, max_len)
-    logits = model(prompt, prompt_coords, cache=cache)       # prefill, then one token at a time
+    logits = model(prompt, prompt_coords, cache=cache, last_only=True)  # prefill, then token by token
 
 Llama-style blocks: RMSNorm -> grouped-query attention -> RMSNorm -> SwiGLU, untied embedding
 and head. Positions are 3D: every token carries its true spacetime coordinate (t, y, x) and
@@ -28,6 +28,7 @@ This module never imports the video tokenizer (DESIGN §1).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -82,13 +83,18 @@ class KVCache:
 
 
 # ----------------------------------------------------------------------------- 3D RoPE
+@functools.lru_cache(maxsize=8)
+def _rope_table(head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(axis, inv_freq), each (head_dim/2,): frequency i is theta^(-2i/head_dim) (fp64), turning
+    with coordinate axis i % 3. Cached: a decode step would otherwise rebuild it every token."""
+    idx = torch.arange(head_dim // 2, device=device)
+    return idx % 3, theta ** (-2.0 * idx.double() / head_dim)
+
+
 def rope_angles(coords: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """coords (B,L,3) int -> cos, sin (B,L,1,head_dim) fp32 for the rotate-half layout."""
-    half = head_dim // 2
-    idx = torch.arange(half, device=coords.device)
-    inv_freq = theta ** (-2.0 * idx.double() / head_dim)  # (half,) the 1D RoPE frequencies
-    pos = coords.double()[..., idx % 3]  # (B,L,half): frequency i turns with axis i % 3
-    ang = (pos * inv_freq).float()
+    axis, inv_freq = _rope_table(head_dim, theta, coords.device)
+    ang = (coords[..., axis].double() * inv_freq).float()  # (B,L,half), computed in fp64
     ang = torch.cat([ang, ang], dim=-1)[:, :, None, :]  # (B,L,1,head_dim)
     return ang.cos(), ang.sin()
 
@@ -98,7 +104,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+    return torch.addcmul(xf * cos, rotated, sin).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -114,44 +120,44 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
+    """Grouped-query attention with one fused projection: wqkv = [wq; wk; wv] (gpt-fast's layout:
+    one matmul instead of three, and q and k are rotated in one call)."""
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * hd, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * hd, bias=False)
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, docs: tuple, cache: KVCache | None, layer: int) -> Tensor:
         b, n, _ = x.shape  # (B,L,dim)
-        hd = self.cfg.head_dim
-        q = self.wq(x).view(b, n, self.cfg.n_heads, hd)  # (B,L,Hq,D)
-        k = self.wk(x).view(b, n, self.cfg.kv_heads, hd)  # (B,L,Hkv,D)
-        v = self.wv(x).view(b, n, self.cfg.kv_heads, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        hq, hkv = self.cfg.n_heads, self.cfg.kv_heads
+        qkv = self.wqkv(x).view(b, n, hq + 2 * hkv, self.cfg.head_dim)
+        qk, v = apply_rope(qkv[:, :, : hq + hkv], cos, sin), qkv[:, :, hq + hkv :]
+        q, k = qk[:, :, :hq], qk[:, :, hq:]  # (B,L,Hq,D), (B,L,Hkv,D)
         if cache is not None:  # append the rotated keys at cache.length, attend over all filled
             s = cache.length
-            cache.k[layer, :, s : s + n] = k.to(cache.k.dtype)
-            cache.v[layer, :, s : s + n] = v.to(cache.v.dtype)
-            k, v = cache.k[layer, :, : s + n].to(q.dtype), cache.v[layer, :, : s + n].to(q.dtype)  # (B,S,Hkv,D)
+            cache.k[layer, :, s : s + n] = k
+            cache.v[layer, :, s : s + n] = v
+            k, v = cache.k[layer, :, : s + n], cache.v[layer, :, : s + n]  # (B,S,Hkv,D)
         q_doc, k_doc, mask, backend = docs
-        out = attention(q, k, v, q_doc, k_doc, backend=backend, mask=mask)
+        out = attention(q, k.to(q.dtype), v.to(q.dtype), q_doc, k_doc, backend=backend, mask=mask)
         return self.wo(out.reshape(b, n, -1))  # (B,L,dim)
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU: w2(silu(x W1) * x W3), with W1 and W3 fused into one matmul (w13 = [w1; w3])."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.hidden_dim = cfg.ffn_dim
-        self.w1 = nn.Linear(cfg.dim, self.hidden_dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, self.hidden_dim, bias=False)
+        self.w13 = nn.Linear(cfg.dim, 2 * self.hidden_dim, bias=False)
         self.w2 = nn.Linear(self.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -186,8 +192,9 @@ class VideoLM(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std * scale)
 
     def forward(self, ids: Tensor, coords: Tensor, *, cache: KVCache | None = None,
-                doc_ids: Tensor | None = None) -> Tensor:
-        b, n = ids.shape  # ids (B,L), coords (B,L,3), doc_ids (B,L) or None
+                doc_ids: Tensor | None = None, last_only: bool = False) -> Tensor:
+        # ids (B,L), coords (B,L,3), doc_ids (B,L) or None -> logits (B,L,V), or (B,1,V) last_only
+        b, n = ids.shape
         if coords.shape != (b, n, 3):
             raise ValueError(f"coords must be (B,L,3) = {(b, n, 3)} for ids {tuple(ids.shape)}, got {tuple(coords.shape)}")
         q_doc = k_doc = doc_ids
@@ -197,8 +204,8 @@ class VideoLM(nn.Module):
                 raise ValueError(f"KV cache full: {s} cached + {n} new tokens > its {cache.max_len}")
             cache.doc[:, s : s + n] = torch.zeros_like(ids) if doc_ids is None else doc_ids
             q_doc, k_doc = cache.doc[:, s : s + n], cache.doc[:, : s + n]  # (B,L), (B,S)
-            if n == 1 and bool((k_doc == q_doc).all()):  # a decode step over one document: no mask
-                q_doc = k_doc = None
+            if (s == 0 and doc_ids is None) or (n == 1 and bool((k_doc == q_doc).all())):
+                q_doc = k_doc = None  # one document, no padding: plain causal, no mask to build
         elif n > self.cfg.max_seq_len:
             raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")
         cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
@@ -214,6 +221,8 @@ class VideoLM(nn.Module):
                 x = layer(x, cos, sin, docs, cache, i)
         if cache is not None:
             cache.length += n
+        if last_only:  # prefill and sampling need the next-token logits only
+            x = x[:, -1:]
         return self.head(self.norm(x)).float()  # (B,L,V)
 
     # ------------------------------------------------------------------ weights

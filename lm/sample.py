@@ -1,7 +1,7 @@
 """Token-level sampling: small pure functions over a model that returns logits.
 
-The model is any `VideoLM`-like module: `model(ids (B,L), coords (B,L,3), cache=, doc_ids=)
--> logits (B,L,V)` with an explicit static `KVCache` (`vidlm.lm.model.KVCache`). Nothing here
+The model is any `VideoLM`-like module: `model(ids (B,L), coords (B,L,3), cache=, doc_ids=,
+last_only=) -> logits (B,L,V)` (B,1,V with last_only) with an explicit static `KVCache` (`vidlm.lm.model.KVCache`). Nothing here
 knows about videos: a prompt is token ids + their (t, y, x) coordinates + the coordinates still
 to generate (`vidlm.lm.tasks.Prompt`); the caller says which id range is legal (for video
 positions, `vocab.code_range`).
@@ -131,14 +131,14 @@ def allocate_cache(model, batch_size: int, max_len: int):
 
 def prefill(model, ids: Tensor, coords: Tensor, cache, doc_ids: Tensor | None = None) -> Tensor:
     """Run the prompt ids (B,L) at coords (B,L,3) into the cache; logits of the last position (B,V)."""
-    return model(ids, coords, cache=cache, doc_ids=doc_ids)[:, -1].float()
+    return model(ids, coords, cache=cache, doc_ids=doc_ids, last_only=True)[:, -1]
 
 
 def decode_one_token(model, token: Tensor, coord: Tensor, cache, doc_ids: Tensor | None = None) -> Tensor:
     """Append one token per row, token (B,) at coord (B,3); the next-token logits (B,V)."""
     if doc_ids is None:
         doc_ids = torch.zeros_like(token)
-    return model(token[:, None], coord[:, None], cache=cache, doc_ids=doc_ids[:, None])[:, -1].float()
+    return model(token[:, None], coord[:, None], cache=cache, doc_ids=doc_ids[:, None])[:, -1]
 
 
 def sample_logits(
@@ -253,7 +253,7 @@ def stream(
 
     if not use_cache:
         for i in range(n):
-            token = pick(model(ids, coords, doc_ids=doc_ids)[:, -1].float())
+            token = pick(model(ids, coords, doc_ids=doc_ids, last_only=True)[:, -1])
             yield token
             ids = torch.cat([ids, token.repeat(len(groups))[:, None]], 1)
             coords = torch.cat([coords, gen[:, i : i + 1]], 1)
@@ -267,7 +267,8 @@ def stream(
     for i in range(1, n):
         if window is not None and cache.length >= window:
             cache.keep_last(keep + (i - 1) % period)  # i - 1 generated tokens are in the cache
-        logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache, row_doc)
+        rows_token = token if len(groups) == 1 else token.repeat(len(groups))
+        logits = decode_one_token(model, rows_token, gen[:, i - 1], cache, row_doc)
         token = pick(logits)
         yield token
 

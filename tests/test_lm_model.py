@@ -45,6 +45,7 @@ def test_cached_equals_uncached_with_sliding_window(model):
     parts.append(model(ids[:, 30:], coords[:, 30:], cache=cache))
     assert cache.length == 40
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(ids, coords, last_only=True), full[:, -1:], atol=1e-5, rtol=1e-5)
     # keep_last: what follows only sees the kept tokens, at their original coordinates. With one
     # layer a kept token's key/value does not depend on the dropped past, so this is exact.
     torch.manual_seed(3)

@@ -43,7 +43,7 @@ class TinyLM(nn.Module):
     def new_cache(self, batch, max_len):
         return TinyCache(batch, max_len, self.emb.embedding_dim)
 
-    def forward(self, ids, coords, *, cache=None, doc_ids=None):
+    def forward(self, ids, coords, *, cache=None, doc_ids=None, last_only=False):
         _b, n = ids.shape
         doc_ids = torch.zeros_like(ids) if doc_ids is None else doc_ids
         x = self.emb(ids) + self.pos(coords.float() / 8)
@@ -59,7 +59,8 @@ class TinyLM(nn.Module):
         kj = torch.arange(k.shape[1])[None]
         mask = (kj <= qi)[None] & (kdoc[:, None, :] == doc_ids[:, :, None]) & (kdoc[:, None, :] >= 0)
         att = (q @ k.transpose(1, 2) / 4).masked_fill(~mask, float("-inf")).softmax(-1)
-        return self.head(x + (att.nan_to_num() @ v))
+        logits = self.head(x + (att.nan_to_num() @ v))
+        return logits[:, -1:] if last_only else logits
 
 
 @dataclass
