@@ -78,6 +78,9 @@ def test_a_perfect_world_model_scores_perfectly():
     assert report["loop_seam"] < 1.5
     assert 30 < report["tokenizer_psnr"] < 60 and 0.9 < report["tokenizer_ssim"] <= 1.0
     assert report["detector_color_accuracy_on_truth"] == 1.0
+    assert report["detection_rate"] == 1.0
+    assert report["detector_color_accuracy_on_reconstruction"] == 1.0  # a near-lossless "tokenizer"
+    assert report["detector_shape_accuracy_on_reconstruction"] == 1.0
 
 
 def test_the_copy_last_baseline_scores_one():
