@@ -12,7 +12,7 @@ EPILOG = """examples:
   vidlm data synth --out shards/shapes --num 2000 --seed 0
   vidlm data synth --out shards/shapes-wide --num 500 --size 96x64
   vidlm data shards --videos ../shared/data/real --captions ../shared/data/real/captions.jsonl \\
-      --out shards/real --workers 2
+      --out shards/real --workers 2 --max-side 128
   vidlm data preview --shards shards/shapes --out preview.png --batches 2
   vidlm data train-text-tokenizer --shards shards/shapes --vocab-size 512 --out runs/text
   vidlm data tokenize --help        (token shards; vidlm.lm.pretokenize)
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=100)
     s.add_argument("--workers", type=int, default=1, help="parallel probing processes")
     s.add_argument("--prefix", default="clips")
+    s.add_argument("--max-side", type=int, help="store videos bigger than this re-encoded with this "
+                   "longer side (mp4), e.g. 128 for training at 64 px: decoding is then ~10x cheaper")
 
     s = sub.add_parser("preview", help="contact sheet of decoded loader batches (png/gif)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
 
         captions = load_captions(args.captions) if args.captions else None
         report = write_shards(args.videos, args.out, captions=captions, shard_size=args.shard_size,
-                              workers=args.workers, prefix=args.prefix)
+                              workers=args.workers, prefix=args.prefix, max_side=args.max_side)
         print(report.summary())
     elif args.cmd == "preview":
         return _preview(args)

@@ -1,11 +1,14 @@
 """Build webdataset shards from video files: {key}.{original extension} (the file's bytes,
 untouched), {key}.txt (caption), {key}.json (fps, width, height, frames, duration, rotation,
 codec, container, source). Every file is probed by decoding all its frames first (in parallel
-with --workers); files that fail are skipped and reported with the reason.
+with --workers); files that fail are skipped and reported with the reason. With --max-side N,
+videos bigger than N are stored re-encoded at that size instead (mp4; the .json says the
+original size), for training at small sizes without decoding big frames at every sample.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import re
@@ -14,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .video import VideoDecodeError, is_video_name, probe
+from .video import VideoDecodeError, downscale, is_video_name, probe
 
 
 @dataclass
@@ -71,17 +74,26 @@ def sample_key(path: Path, used: set[str]) -> str:
     return key
 
 
-def _probe_one(path: str):
+def _probe_one(path: str, max_side: int | None = None):
+    """(metadata, bytes to store or None for the file's own, error) of one video."""
     try:
-        return probe(path, decode=True).to_dict(), None
+        info = probe(path, decode=True)
+        if max_side is None or max(info.width, info.height) <= max_side:
+            return info.to_dict(), None, None
+        data = downscale(path, max_side)
+        small = probe(data, name=Path(path).stem + ".mp4", decode=True).to_dict()
+        return dict(small, original={"width": info.width, "height": info.height, "file": Path(path).name}), data, None
     except VideoDecodeError as e:
-        return None, f"{e.reason}: {e.cause}"
+        return None, None, f"{e.reason}: {e.cause}"
 
 
 def write_shards(videos, out_dir, *, captions: dict[str, str] | None = None, shard_size: int = 100,
-                 workers: int = 1, prefix: str = "clips", progress: bool = True) -> ShardReport:
+                 workers: int = 1, prefix: str = "clips", progress: bool = True,
+                 max_side: int | None = None) -> ShardReport:
     """Write shards out_dir/{prefix}-%06d.tar; returns what was written and skipped (with reasons).
-    With `captions`, a video that has no caption there is skipped ("no caption")."""
+    With `captions`, a video that has no caption there is skipped ("no caption"). Each sample
+    holds the file's own bytes, or with `max_side` and a bigger video, an mp4 re-encoded to that
+    longer side (`data.video.downscale`; its .json keeps the original size under "original")."""
     import webdataset as wds
     from tqdm import tqdm
 
@@ -92,11 +104,12 @@ def write_shards(videos, out_dir, *, captions: dict[str, str] | None = None, sha
     out.mkdir(parents=True, exist_ok=True)
     report, used = ShardReport(), set()
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    results = pool.map(_probe_one, map(str, files)) if pool else map(_probe_one, map(str, files))
+    job = functools.partial(_probe_one, max_side=max_side)
+    results = pool.map(job, map(str, files)) if pool else map(job, map(str, files))
     try:
         with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=shard_size, verbose=0,
                              encoder=False, mtime=0) as sink:
-            for path, (info, error) in tqdm(zip(files, results), total=len(files), desc="shards",
+            for path, (info, data, error) in tqdm(zip(files, results), total=len(files), desc="shards",
                                             unit="video", disable=not progress):
                 caption = (captions or {}).get(path.name)
                 if error:
@@ -107,7 +120,8 @@ def write_shards(videos, out_dir, *, captions: dict[str, str] | None = None, sha
                     continue
                 key = sample_key(path, used)
                 meta = dict(info, source=path.name)
-                sink.write({"__key__": key, path.suffix.lower().lstrip("."): path.read_bytes(),
+                suffix = "mp4" if data is not None else path.suffix.lower().lstrip(".")
+                sink.write({"__key__": key, suffix: data if data is not None else path.read_bytes(),
                             "txt": (caption or "").encode(), "json": json.dumps(meta).encode()})
                 report.written += 1
     finally:

@@ -353,6 +353,32 @@ def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
+def downscale(source, max_side: int, *, name: str | None = None, crf: int = 18) -> bytes:
+    """The whole video (path or bytes) re-encoded as H.264 mp4 whose longer side is at most
+    `max_side` (aspect kept, even sizes, rotation applied, every frame at the source's rate):
+    training at 64-128 px then decodes small frames instead of 720p ones at every sample."""
+    import av
+
+    name = _name_of(source, name)
+    container, stream = _open_av(source, name)
+    frames = []
+    try:
+        fps = _stream_fps(stream, name)
+        for frame in container.decode(stream):
+            scale = min(1.0, max_side / max(frame.width, frame.height))
+            w, h = (max(2, 2 * round(side * scale / 2)) for side in (frame.width, frame.height))
+            small = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+            frames.append(_display(small.to_ndarray(), int(frame.rotation or 0)))
+    except av.FFmpegError as e:
+        if not frames:
+            raise VideoDecodeError(name, f"decoding failed ({e})", "corrupt") from e
+    finally:
+        container.close()
+    if not frames:
+        raise VideoDecodeError(name, "no video frames", "no_frames")
+    return encode_mp4(np.stack(frames), fps, crf=crf)
+
+
 def write_video(path, video, fps: float, *, crf: int = 18) -> Path:
     """The one writer. By suffix: .mp4 (H.264 yuv420p, even size), .gif, .webp (animated),
     .png (one frame, or a horizontal strip of all frames). video: (C,T,H,W) float in [-1,1] or

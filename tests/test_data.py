@@ -65,6 +65,30 @@ def test_shard_round_trip(real_data_dir, tmp_path):
     assert {b["video"].shape[3:] for b in batches} <= {(b.height, b.width) for b in make_buckets((32 * 32,))}
 
 
+def test_max_side_stores_big_videos_downscaled(tmp_path):
+    from vidlm.data.video import read_clip, write_video
+
+    rng = np.random.default_rng(0)
+    big = np.repeat(rng.integers(0, 256, (12, 3, 5, 3), dtype=np.uint8), 32, 1).repeat(32, 2)  # 160x96
+    write_video(tmp_path / "big.mp4", big, fps=10.0)
+    write_video(tmp_path / "small.mp4", big[:, :32, :48], fps=10.0)
+    report = write_shards(tmp_path, tmp_path / "out", shard_size=10, progress=False, max_side=64)
+    assert report.written == 2 and not report.skipped
+    samples = {json.loads(s["json"])["source"]: s for s in wds.DataPipeline(
+        wds.SimpleShardList([str(x) for x in report.shards]), wds.tarfile_to_samples())}
+    meta = json.loads(samples["big.mp4"]["json"])
+    assert (meta["width"], meta["height"], meta["frames"], meta["fps"]) == (64, 38, 12, 10.0)
+    assert meta["original"] == {"width": 160, "height": 96, "file": "big.mp4"}
+    assert samples["small.mp4"]["mp4"] == (tmp_path / "small.mp4").read_bytes()  # small enough: untouched
+    small = read_clip(samples["big.mp4"]["mp4"], 12, name="big.mp4", dtype="uint8").float()
+    full = read_clip(tmp_path / "big.mp4", 12, dtype="uint8").float()
+    ys, xs = (torch.tensor([int((i + 0.5) * n / k) for i in range(k)]) for n, k in ((38, 3), (64, 5)))
+    centres = small[:, :, ys][:, :, :, xs]  # (3,12,3,5): the middle of each 32-px block, downscaled
+    blocks = torch.from_numpy(big[:, ::32, ::32]).permute(3, 0, 1, 2).float()
+    err = (centres - blocks).abs()  # the same pictures, smaller (H.264 yuv420p twice)
+    assert err.mean() < 5 and err.max() < 24
+
+
 def zero_frame_mp4() -> bytes:
     import io
 

@@ -164,7 +164,8 @@ def stage_data(run: Run) -> dict:
     shutil.rmtree(run.shards, ignore_errors=True)
     a, c = run.args, run.cfg
     if a.videos:
-        argv = ["shards", "--videos", *a.videos, "--out", str(run.shards)]
+        # stored at twice the training size: big sources would otherwise be decoded at every sample
+        argv = ["shards", "--videos", *a.videos, "--out", str(run.shards), "--max-side", str(2 * max(c.size))]
         call("vidlm.data.cli", argv + (["--captions", a.captions] if a.captions else []))
     else:
         w, h = c.size
