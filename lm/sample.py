@@ -1,10 +1,10 @@
 """Token-level sampling: small pure functions over a model that returns logits.
 
 The model is any `VideoLM`-like module: `model(ids (B,L), coords (B,L,3), cache=, doc_ids=,
-last_only=) -> logits (B,L,V)` (B,1,V with last_only) with an explicit static `KVCache` (`vidlm.lm.model.KVCache`). Nothing here
-knows about videos: a prompt is token ids + their (t, y, x) coordinates + the coordinates still
-to generate (`vidlm.lm.tasks.Prompt`); the caller says which id range is legal (for video
-positions, `vocab.code_range`).
+last_only=) -> logits (B,L,V)` ((B,1,V) with last_only) with an explicit static `KVCache`
+(`vidlm.lm.model.KVCache`). Nothing here knows about videos: a prompt is token ids + their
+(t, y, x) coordinates + the coordinates still to generate (`vidlm.lm.tasks.Prompt`); the caller
+says which id range is legal (for video positions, `vocab.code_range`).
 
     prompt = render_prompt(...)                     # ids (L,), coords (L,3), gen_coords (N,3)
     g = torch.Generator().manual_seed(0)
@@ -267,8 +267,7 @@ def stream(
     for i in range(1, n):
         if window is not None and cache.length >= window:
             cache.keep_last(keep + (i - 1) % period)  # i - 1 generated tokens are in the cache
-        rows_token = token if len(groups) == 1 else token.repeat(len(groups))
-        logits = decode_one_token(model, rows_token, gen[:, i - 1], cache, row_doc)
+        logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache, row_doc)
         token = pick(logits)
         yield token
 
