@@ -82,7 +82,8 @@ def _probe_one(path: str, max_side: int | None = None):
             return info.to_dict(), None, None
         data = downscale(path, max_side)
         small = probe(data, name=Path(path).stem + ".mp4").to_dict()  # our own mp4: its header is right
-        return dict(small, original={"width": info.width, "height": info.height, "file": Path(path).name}), data, None
+        original = {"width": info.width, "height": info.height, "file": Path(path).name}
+        return dict(small, original=original), data, None
     except VideoDecodeError as e:
         return None, None, f"{e.reason}: {e.cause}"
 

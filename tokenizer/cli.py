@@ -21,7 +21,6 @@ A run resumes from RUN/latest when started again with the same --run.
 """
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     from vidlm.runtime import add_launcher_args
 

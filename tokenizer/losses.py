@@ -137,12 +137,14 @@ class TokenizerLosses:
 
     def reconstruction(self, video: Tensor, recon: Tensor) -> tuple[Tensor, dict]:
         c = self.cfg
-        l1 = (recon - video).abs().mean()
-        l2 = (recon - video).pow(2).mean()
+        diff = recon - video
+        abs_err = diff.abs()
+        l1 = abs_err.mean()
+        l2 = diff.pow(2).mean()
         loss = c.l1_weight * l1 + c.l2_weight * l2
         logs = {"l1": l1.detach(), "l2": l2.detach()}
         if c.hard_weight > 0:
-            err = (recon - video).abs().mean(1).flatten(1)  # (B, T*H*W) per-pixel L1
+            err = abs_err.mean(1).flatten(1)  # (B, T*H*W) per-pixel L1
             hard = err.topk(max(1, int(c.hard_fraction * err.shape[1])), dim=1).values.mean()
             loss = loss + c.hard_weight * hard
             logs["l1_hard"] = hard.detach()
