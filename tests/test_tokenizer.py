@@ -106,6 +106,15 @@ def test_other_quantizers(quantizer):
     assert torch.equal(m.encode_chunked(x, 1), ids)
 
 
+@pytest.mark.parametrize("latent_dim", [3, 4], ids=["no-projection", "projection"])
+def test_bf16_model_codes_and_decodes_in_bf16(latent_dim):
+    # FSQ with latent_dim == len(levels) has no projection weights to take the dtype from
+    m = make(latent_dim=latent_dim).to(torch.bfloat16)
+    x = video(b=1, t=5, h=16, w=16).to(torch.bfloat16)
+    rec = m.decode(m.encode(x))
+    assert rec.dtype == torch.bfloat16 and rec.shape == x.shape and m(x)[0].dtype == torch.bfloat16
+
+
 def test_presets_build_and_document_their_grid():
     for name in ("debug", "demo", "real-cpu"):
         cfg = PRESETS[name]

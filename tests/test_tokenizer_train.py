@@ -71,15 +71,21 @@ def test_g_step_changes_only_g_and_d_step_only_d(dist, shards):
 
 def losses_of(run_dir, first_step=1):
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["g_loss"], r.get("d_loss")) for r in rows if r["step"] >= first_step]
+    return [(r["step"], r.get("g_loss", r.get("image_g_loss")), r.get("d_loss", r.get("image_d_loss")))
+            for r in rows if r["step"] >= first_step]
 
 
 def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
+    base = debug_cfg()
     cfg = debug_cfg(steps=16, log_every=1, val_every=8, ckpt_every=8,
-                    loss=LossConfig(disc_start=6, gan_weight=0.1, l2_weight=1.0))
+                    loss=LossConfig(disc_start=6, gan_weight=0.1, l2_weight=1.0),
+                    data=dataclasses.replace(base.data, image_every=3, image_batch_size=5))
     straight = tmp_path / "straight"
     last = tt.main(cfg, run_dir=str(straight), data=shards)
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    # every 3rd step trains on images (logged as image_*), the GAN included once it starts
+    assert "image_l1" not in rows[1] and rows[2]["image_l1"] > 0 and "l1" not in rows[2]
+    assert "image_d_loss" in rows[8] and "d_loss" in rows[9]
     val = {r["step"]: r["psnr_val"] for r in rows if "psnr_val" in r}  # a fixed validation batch
     assert sorted(val) == [1, 8, 16] and val[16] > val[1] + 1.0, val
     assert last["step"] == 16 and "psnr_val" in last and 0 < last["usage"] <= 1
@@ -109,6 +115,16 @@ def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
     assert Path(r["side_by_side"]).stat().st_size > 0
 
 
+def test_image_batch_is_distinct_frames_of_the_clips():
+    x = torch.arange(2 * 9, dtype=torch.float32).view(2, 1, 9, 1, 1).expand(2, 3, 9, 4, 4)
+    img = tt.image_batch(x, 7, seed=1)
+    assert img.shape == (7, 3, 1, 4, 4)
+    ids = img[:, 0, 0, 0, 0].long()  # frame t of clip b carries the value 9b + t in every pixel
+    assert len(set(ids.tolist())) == 7 and torch.equal(img, x.transpose(1, 2).flatten(0, 1)[ids].unsqueeze(2))
+    assert torch.equal(img, tt.image_batch(x, 7, seed=1)) and not torch.equal(img, tt.image_batch(x, 7, seed=2))
+    assert [tt.is_image_step(debug_cfg(data=DataConfig(image_every=3)), s) for s in range(6)] == [0, 0, 1, 0, 0, 1]
+
+
 def test_every_recipe_validates():
     recipes = sorted((REPO / "recipes/tokenizer").glob("*.yaml"))
     assert {p.stem for p in recipes} >= {"debug", "demo", "real-cpu", "base", "large"}
@@ -128,6 +144,8 @@ def test_bad_configs_are_refused_before_training(tmp_path):
         from_dict(TrainConfig, {"model": {"chanels": 3}})
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         TrainConfig(data=DataConfig(frames=8))
+    with pytest.raises(ValueError, match="image_batch_size"):
+        TrainConfig(micro_batch_size=2, data=DataConfig(frames=9, image_every=2, image_batch_size=19))
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: demo\nloss:\n  gan_wieght: 1\n")
     from vidlm.tokenizer.cli import main as cli

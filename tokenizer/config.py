@@ -50,7 +50,9 @@ class TokenizerConfig:
     codebook_size: int = 1024
     """LFQ / VQ codebook size (LFQ: a power of 2)."""
     latent_dim: int = 8
-    """Channels of the encoder output fed to the quantizer (projected to the code dim inside)."""
+    """Channels of the encoder output fed to the quantizer (projected to the code dim inside).
+    For FSQ, latent_dim = len(levels) leaves out the projections: on the shapes world, 300 image
+    steps gave 26.2 dB without them against 24.4 dB with an 8 -> 4 projection."""
     lfq_entropy_weight: float = 0.1
     """LFQ entropy loss weight."""
     vq_commitment_weight: float = 0.25
@@ -99,7 +101,7 @@ PRESETS: dict[str, TokenizerConfig] = {
     "debug": TokenizerConfig(name="debug", channels=8, channel_mult=(1, 2, 2), patch=1, spatial_factor=4,
                              levels=(5, 5, 5), latent_dim=4, norm_groups=4),
     "demo": TokenizerConfig(name="demo", channels=32, channel_mult=(1, 2, 2), num_res_blocks=0, patch=2,
-                            spatial_factor=8, levels=(8, 5, 5, 5), latent_dim=8),
+                            spatial_factor=8, levels=(8, 5, 5, 5), latent_dim=4),
     "real-cpu": TokenizerConfig(name="real-cpu", channels=48, channel_mult=(1, 2, 2), num_res_blocks=2, patch=2,
                                 spatial_factor=8, levels=(8, 8, 8, 5, 5), latent_dim=8),
     "base": TokenizerConfig(name="base", channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2, patch=1,
@@ -176,6 +178,13 @@ class DataConfig:
     """DataLoader workers."""
     val_clips: int = 4
     """Clips of the fixed validation batch (the same on every rank and run, centre crop)."""
+    image_every: int = 0
+    """Joint image-video training (as MAGVIT-v2): every `image_every`-th step trains on images,
+    `image_batch_size` random frames of that step's clips coded as one-frame videos; 0 = video
+    only. Images are ~T times cheaper than clips and teach the spatial path (and frame 0, which
+    is coded alone) the objects that video steps learn late."""
+    image_batch_size: int = 16
+    """Frames per image step (at most micro_batch_size x frames)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +249,10 @@ class TrainConfig:
             raise ValueError(f"betas and data.size take 2 values, got {list(self.betas)}, {list(self.data.size)}")
         if (self.data.frames - 1) % 4:
             raise ValueError(f"data.frames must be 1 + 4k, got {self.data.frames}")
+        d = self.data
+        if d.image_every < 0 or (d.image_every and not 1 <= d.image_batch_size <= self.micro_batch_size * d.frames):
+            raise ValueError(f"data.image_every must be >= 0 and data.image_batch_size in [1, micro_batch_size x "
+                             f"frames = {self.micro_batch_size * d.frames}], got {d.image_every}, {d.image_batch_size}")
         self.tokenizer_config()  # model overrides are checked before training
 
     def tokenizer_config(self) -> TokenizerConfig:

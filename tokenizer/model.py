@@ -217,12 +217,12 @@ class Quantizer(nn.Module):
         zq = rearrange(zq, "b (t h w) d -> b d t h w", t=t, h=h, w=w)
         return zq, rearrange(ids.long(), "b (t h w) -> b t h w", t=t, h=h, w=w), aux.sum()
 
-    def embed(self, ids: Tensor) -> Tensor:
-        # ids (B,t,h,w) -> zq (B,D,t,h,w)
+    def embed(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
+        # ids (B,t,h,w) -> zq (B,D,t,h,w) in the model's dtype
         _, t, h, w = ids.shape
         flat = rearrange(ids, "b t h w -> b (t h w)")
-        # The library computes codes in fp32 and projects them with our (maybe bf16) weights.
-        dtype = next(self.q.parameters(), torch.empty(0)).dtype
+        # The library computes codes in fp32 and projects them (if latent_dim != len(levels))
+        # with our (maybe bf16) weights.
         with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype != torch.float32):
             zq = self.q.get_output_from_indices(flat) if self.kind == "vq" else self.q.indices_to_codes(flat)
         return rearrange(zq.to(dtype), "b (t h w) d -> b d t h w", t=t, h=h, w=w)
@@ -291,7 +291,7 @@ class VideoTokenizer(nn.Module):
         """ids (B,t,h,w) int64 -> video (B,C,1+4(t-1),h*s,w*s) float, about [-1,1] (not clamped).
         With `cache` (streaming), calls after the first return 4 frames per latent frame."""
         self._check_ids(ids)
-        return self.decoder(self.quantizer.embed(ids), cache)
+        return self.decoder(self.quantizer.embed(ids, self.last_layer.dtype), cache)
 
     @torch.no_grad()
     def encode_chunked(self, video: Tensor, chunk_latents: int = 4) -> Tensor:

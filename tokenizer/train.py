@@ -5,7 +5,9 @@ generator; one checkpoint holds both engines (models, optimizers, schedulers) an
 with the step, data position, EMA, LeCAM anchors and the non-finite count (RNG by the runtime).
 Resume is from RUN/latest only, and reproduces the uninterrupted run's losses exactly.
 
-Per step (x grad_accum micro steps):
+Per step (x grad_accum micro steps), on the next clips or, every data.image_every-th step, on
+random frames of them as one-frame videos (joint image-video training). Logged losses are means
+over the steps since the last log, those of image steps named image_*:
     generator_step      recon = G(x); rec + aux (+ adaptive-weighted hinge GAN after disc_start),
                         D frozen; backward + step on the generator engine only
     discriminator_step  (after disc_start) hinge + LeCAM on D([x, recon.detach()]); D engine only
@@ -96,6 +98,17 @@ def build_loaders(cfg: TrainConfig, shards: str, dist, factor: int):
 def endless(loader):
     while True:
         yield from loader
+
+
+def is_image_step(cfg: TrainConfig, step: int) -> bool:
+    return cfg.data.image_every > 0 and step % cfg.data.image_every == cfg.data.image_every - 1
+
+
+def image_batch(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n distinct random frames of the clips x (B,C,T,H,W) as one-frame videos (n,C,1,H,W)."""
+    frames = x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H, W)
+    pick = torch.randperm(frames.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return frames[pick].unsqueeze(2)
 
 
 def set_trainable(module: torch.nn.Module, on: bool) -> None:
@@ -189,11 +202,17 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     batches = endless(loader)
     hist = torch.zeros(gen.codebook_size, dtype=torch.long)
     last: dict = {}
+    sums: dict = defaultdict(float)  # logged values summed since the last log, and their counts
+    counts: dict = defaultdict(int)
     tick, frames, started = time.time(), 0, time.time()
     while step < end:
         logs: dict = defaultdict(float)
-        for _ in range(cfg.grad_accum):
+        kind = "image" if is_image_step(cfg, step) else "video"
+        for micro in range(cfg.grad_accum):
             x = next(batches)["video"].to(dist.device, dtype)
+            if kind == "image":  # seeded by (seed, step, rank, micro): resumes exactly
+                x = image_batch(x, cfg.data.image_batch_size,
+                                ((cfg.seed * 1_000_003 + step) * 1009 + dist.rank) * 64 + micro)
             recon, ids, g_logs = generator_step(engines, losses, guard, x, step)
             d_logs = discriminator_step(engines, losses, guard, x, recon, step) if losses.gan_active(step) else {}
             for k, v in {**g_logs, **d_logs}.items():
@@ -202,11 +221,15 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             frames += x.shape[0] * x.shape[2] * dist.world_size
         ema.update(gen)
         step += 1
+        for k, v in logs.items():
+            name = f"image_{k}" if kind == "image" else k
+            sums[name], counts[name] = sums[name] + v, counts[name] + 1
         if cfg.max_minutes is not None and time.time() - started > 60 * cfg.max_minutes and step < end:
             logger.info(f"max_minutes={cfg.max_minutes} spent: stopping at step {step} of {cfg.steps}")
             end = step
         if step % cfg.log_every == 0 or step in (1, end):
             dt = time.time() - tick
+            logs = {k: v / counts[k] for k, v in sums.items()}
             logs.update(code_stats(hist), lr=engines["generator"].get_lr()[0], frames_per_s=frames / dt,
                         skipped_samples=sum(loader.counts.values()), skipped_steps=guard.skipped)
             if step % cfg.val_every == 0 or step in (1, end):
@@ -214,6 +237,8 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             logger.log(step, logs)
             last = {"step": step, **logs}
             hist.zero_()
+            sums.clear()
+            counts.clear()
             tick, frames = time.time(), 0
         if step % cfg.ckpt_every == 0 or step == end:
             rt.save_checkpoint(run, step, engines, client_state(step, loader, ema, losses, guard),
