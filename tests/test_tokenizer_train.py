@@ -67,6 +67,11 @@ def test_g_step_changes_only_g_and_d_step_only_d(dist, shards):
     bad[0, 0, 0, 0, 0] = float("nan")
     tt.generator_step(engines, losses, guard, bad, step=0)
     assert guard.skipped == 1 and not changed(g2, "generator")
+    # ... and a skipped D step leaves D and the LeCAM anchors as they were
+    anchors, d2 = losses.lecam.state_dict(), snap("discriminator")
+    tt.discriminator_step(engines, losses, guard, x, bad, step=0)
+    assert guard.skipped == 2 and not changed(d2, "discriminator")
+    assert losses.lecam.state_dict() == anchors
 
 
 def losses_of(run_dir, first_step=1):

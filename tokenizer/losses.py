@@ -8,6 +8,8 @@ and an optional perceptual loss from a weights file the user gives (nothing is d
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -55,9 +57,11 @@ class LeCAM:
         self.ema_fake = 0.0
 
     def update(self, real: Tensor, fake: Tensor) -> None:
-        d = self.decay
-        self.ema_real = d * self.ema_real + (1 - d) * float(real.detach().mean())
-        self.ema_fake = d * self.ema_fake + (1 - d) * float(fake.detach().mean())
+        # A non-finite step is skipped by the trainer; it must not poison the anchors for good.
+        r, f = float(real.detach().mean()), float(fake.detach().mean())
+        if math.isfinite(r) and math.isfinite(f):
+            d = self.decay
+            self.ema_real, self.ema_fake = d * self.ema_real + (1 - d) * r, d * self.ema_fake + (1 - d) * f
 
     def penalty(self, real: Tensor, fake: Tensor) -> Tensor:
         return F.relu(real - self.ema_fake).pow(2).mean() + F.relu(self.ema_real - fake).pow(2).mean()
