@@ -8,8 +8,6 @@ and an optional perceptual loss from a weights file the user gives (nothing is d
 
 from __future__ import annotations
 
-import math
-
 from pathlib import Path
 
 import torch
@@ -57,11 +55,9 @@ class LeCAM:
         self.ema_fake = 0.0
 
     def update(self, real: Tensor, fake: Tensor) -> None:
-        # A non-finite step is skipped by the trainer; it must not poison the anchors for good.
-        r, f = float(real.detach().mean()), float(fake.detach().mean())
-        if math.isfinite(r) and math.isfinite(f):
-            d = self.decay
-            self.ema_real, self.ema_fake = d * self.ema_real + (1 - d) * r, d * self.ema_fake + (1 - d) * f
+        d = self.decay
+        self.ema_real = d * self.ema_real + (1 - d) * float(real.detach().mean())
+        self.ema_fake = d * self.ema_fake + (1 - d) * float(fake.detach().mean())
 
     def penalty(self, real: Tensor, fake: Tensor) -> Tensor:
         return F.relu(real - self.ema_fake).pow(2).mean() + F.relu(self.ema_real - fake).pow(2).mean()
@@ -175,7 +171,8 @@ class TokenizerLosses:
         return loss, logs
 
     def discriminator(self, real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, dict]:
-        """Hinge loss + LeCAM; updates the LeCAM anchors."""
+        """Hinge loss + LeCAM (against the current anchors; `lecam_step` moves them once the step
+        is taken)."""
         loss = hinge_d_loss(real_logits, fake_logits)
         logs = {"d_hinge": loss.detach(), "logits_real": real_logits.detach().mean(),
                 "logits_fake": fake_logits.detach().mean()}
@@ -183,6 +180,10 @@ class TokenizerLosses:
             reg = self.lecam.penalty(real_logits, fake_logits)
             loss = loss + self.cfg.lecam_weight * reg
             logs["lecam"] = reg.detach()
-            self.lecam.update(real_logits, fake_logits)
         logs["d_loss"] = loss.detach()
         return loss, logs
+
+    def lecam_step(self, real_logits: Tensor, fake_logits: Tensor) -> None:
+        """Move the LeCAM anchors after a D step that was taken (a skipped one changes nothing)."""
+        if self.cfg.lecam_weight > 0:
+            self.lecam.update(real_logits, fake_logits)

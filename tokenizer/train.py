@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vidlm import runtime as rt
+from vidlm.data.loader import derive_seed
 
 from .config import TrainConfig
 from .discriminator import PatchDiscriminator3D
@@ -139,6 +140,7 @@ def discriminator_step(engines, losses: TokenizerLosses, guard, x, recon, step: 
     real, fake = logits.chunk(2)
     loss, logs = losses.discriminator(real, fake)
     if guard.guard(loss, step):
+        losses.lecam_step(real, fake)
         d.backward(loss)
         d.step()
     return logs
@@ -211,8 +213,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
         for micro in range(cfg.grad_accum):
             x = next(batches)["video"].to(dist.device, dtype)
             if kind == "image":  # seeded by (seed, step, rank, micro): resumes exactly
-                x = image_batch(x, cfg.data.image_batch_size,
-                                ((cfg.seed * 1_000_003 + step) * 1009 + dist.rank) * 64 + micro)
+                x = image_batch(x, cfg.data.image_batch_size, derive_seed(cfg.seed, step, dist.rank, micro))
             recon, ids, g_logs = generator_step(engines, losses, guard, x, step)
             d_logs = discriminator_step(engines, losses, guard, x, recon, step) if losses.gan_active(step) else {}
             for k, v in {**g_logs, **d_logs}.items():
@@ -229,13 +230,13 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             end = step
         if step % cfg.log_every == 0 or step in (1, end):
             dt = time.time() - tick
-            logs = {k: v / counts[k] for k, v in sums.items()}
-            logs.update(code_stats(hist), lr=engines["generator"].get_lr()[0], frames_per_s=frames / dt,
-                        skipped_samples=sum(loader.counts.values()), skipped_steps=guard.skipped)
+            row = {k: v / counts[k] for k, v in sums.items()}
+            row.update(code_stats(hist), lr=engines["generator"].get_lr()[0], frames_per_s=frames / dt,
+                       skipped_samples=sum(loader.counts.values()), skipped_steps=guard.skipped)
             if step % cfg.val_every == 0 or step in (1, end):
-                logs["psnr_val"] = validate(gen, val, logger, step)
-            logger.log(step, logs)
-            last = {"step": step, **logs}
+                row["psnr_val"] = validate(gen, val, logger, step)
+            logger.log(step, row)
+            last = {"step": step, **row}
             hist.zero_()
             sums.clear()
             counts.clear()

@@ -171,15 +171,12 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
     add("psnr", [p])
     add("ssim", [s])
     # The detector on the truth checks the detector; on the tokenizer's reconstruction it bounds
-    # what any LM sampling through this tokenizer can score.
-    for key, clip in (("det", video), ("rec", recon)):
+    # what any LM sampling through this tokenizer can score; on t2v it is prompt alignment.
+    t2v = gen.t2v(caption, frames=frames, size=size, **opts).video.cpu()
+    for prefix, clip in (("det_", video), ("rec_", recon), ("", t2v)):
         found = observe(clip, bg)
-        add(key + "_colour_ok", [majority([o and o["colour"] for o in found]) == obj["colour"]])
-        add(key + "_shape_ok", [majority([o and o["shape"] for o in found]) == obj["shape"]])
-
-    seen = observe(gen.t2v(caption, frames=frames, size=size, **opts).video.cpu(), bg)
-    add("colour_ok", [majority([o and o["colour"] for o in seen]) == obj["colour"]])
-    add("shape_ok", [majority([o and o["shape"] for o in seen]) == obj["shape"]])
+        add(prefix + "colour_ok", [majority([o and o["colour"] for o in found]) == obj["colour"]])
+        add(prefix + "shape_ok", [majority([o and o["shape"] for o in found]) == obj["shape"]])
 
     # Known segments are stand-alone clips of `known` frames (tk latent frames each) at the start
     # and/or the end of a t-latent grid; the generated latent frames decode to the frames `span`.
