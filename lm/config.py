@@ -104,7 +104,7 @@ PRESETS: dict[str, LMConfig] = {
     "debug": LMConfig(name="debug", vocab_size=1024, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                       max_seq_len=512),
     "demo": LMConfig(name="demo", vocab_size=1536, dim=256, n_layers=6, n_heads=8, n_kv_heads=4,
-                     max_seq_len=1024),
+                     max_seq_len=1280),
     "S": LMConfig(name="S", vocab_size=65536, dim=768, n_layers=16, n_heads=12, n_kv_heads=4,
                   max_seq_len=4096),
     "M": LMConfig(name="M", vocab_size=65536, dim=1024, n_layers=24, n_heads=16, n_kv_heads=8,

@@ -193,9 +193,14 @@ def stage_tokens(run: Run) -> dict:
     tokens = run.out / "data" / "tokens"
     shutil.rmtree(tokens, ignore_errors=True)
     w, h = run.cfg.size
+    # Stand-alone tails of every length up to the gallery's (and `eval world`'s) known segments:
+    # extend-backward and connect are trained on exactly the tails they are given at inference.
+    tf = json.loads((run.model / "tokenizer" / "config.json").read_text())["config"]["time_factor"]
+    tails = [str(j) for j in range(1, 2 + (run.cfg.known_frames - 1) // tf)]
     call("vidlm.lm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
                                   "--shards", str(run.shards), "--out", str(tokens), "--frames",
-                                  str(run.cfg.frames), "--area", str(w * h), "--fps", str(run.cfg.fps)])
+                                  str(run.cfg.frames), "--area", str(w * h), "--fps", str(run.cfg.fps),
+                                  "--tails", *tails])
     return {}
 
 

@@ -1,0 +1,111 @@
+"""Tokenizer probe: train a TokenizerConfig variant for N minutes on shapes-world clips held in
+memory (no loader, no DeepSpeed: the same modules and losses as `vidlm tokenizer train`, bf16,
+AdamW, EMA 0.99, every other step on 16 single frames), then measure on 32 held-out clips of
+`vidlm eval world`: PSNR (all frames and frame 0), the detector's colour/shape on the
+reconstructions (majority over frames), code entropy and usage. One JSON line per run is
+appended to OUT/results.jsonl; docs/experiments.md holds the table.
+
+    python docs/experiments/tokenizer_probe.py --name tf2 --model '{"time_factor": 2}' --out exp
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from vidlm.data.synthetic import clip_seed, render_clip
+from vidlm.tokenizer.config import LossConfig, TokenizerConfig
+from vidlm.tokenizer.losses import TokenizerLosses
+from vidlm.tokenizer.metrics import psnr_per_frame
+from vidlm.tokenizer.model import VideoTokenizer
+
+from vidlm.evaluate import heldout_clips, majority, observe
+
+p = argparse.ArgumentParser()
+p.add_argument("--name", required=True)
+p.add_argument("--minutes", type=float, default=6)
+p.add_argument("--preset", default="demo")
+p.add_argument("--model", default="{}")
+p.add_argument("--lr", type=float, default=3e-4)
+p.add_argument("--batch", type=int, default=4)
+p.add_argument("--image-every", type=int, default=2)
+p.add_argument("--image-batch", type=int, default=16)
+p.add_argument("--hard", type=float, default=1.0)
+p.add_argument("--clips", type=int, default=2000)
+p.add_argument("--threads", type=int, default=1)
+p.add_argument("--mp4", action="store_true")
+p.add_argument("--frames", type=int, default=17)
+p.add_argument("--out", type=Path, default=Path("exp"))
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+a.out.mkdir(parents=True, exist_ok=True)
+cache = a.out / f"clips{a.clips}{'_mp4' if a.mp4 else ''}.npy"
+if not cache.exists():  # the clips of `vidlm data synth --seed 0`; --mp4: through the shards' H.264
+    vids = []
+    for i in range(a.clips):
+        v, _, _ = render_clip(clip_seed(0, i))
+        if a.mp4:
+            import io
+
+            import av
+            from vidlm.data.video import encode_mp4
+            with av.open(io.BytesIO(encode_mp4(v, 8.0))) as c:
+                v = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        vids.append(v)
+    np.save(str(cache) + ".tmp.npy", np.stack(vids))
+    Path(str(cache) + ".tmp.npy").rename(cache)
+data = torch.from_numpy(np.load(cache))  # N,T,H,W,3
+cfg = TokenizerConfig.from_name(a.preset, **json.loads(a.model))
+model = VideoTokenizer(cfg).to(torch.bfloat16)
+nparam = sum(p.numel() for p in model.parameters())
+opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99))
+losses = TokenizerLosses(LossConfig(l1_weight=1, l2_weight=1, gan_weight=0, hard_weight=a.hard))
+ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+g = torch.Generator().manual_seed(0)
+t0, step = time.time(), 0
+while time.time() - t0 < 60 * a.minutes:
+    idx = torch.randint(0, len(data), (a.batch,), generator=g)
+    x = data[idx, :a.frames].permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    if a.image_every and step % a.image_every == a.image_every - 1:
+        fr = x.transpose(1, 2).flatten(0, 1)
+        x = fr[torch.randperm(len(fr), generator=g)[:a.image_batch]].unsqueeze(2)
+    lr = a.lr * min(1, (step + 1) / 30)
+    for gr in opt.param_groups: gr["lr"] = lr
+    x = x.to(torch.bfloat16)
+    recon, ids, aux, _ = model(x)
+    loss, logs = losses.generator(x.float(), recon.float(), aux.float(), None, None)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            ema[k].mul_(0.99).add_(v.float(), alpha=0.01) if v.is_floating_point() else ema[k].copy_(v)
+    step += 1
+train_s = time.time() - t0
+model.load_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ema.items()})
+model.eval()
+clips = heldout_clips(32, 0)
+ps, p0, col, shp, hist = [], [], [], [], torch.zeros(cfg.vocab_size)
+with torch.no_grad():
+    for video, cap, world in clips:
+        v = video[None, :, :a.frames].to(torch.bfloat16)
+        ids = model.encode(v)
+        hist += torch.bincount(ids.flatten(), minlength=cfg.vocab_size)
+        rec = model.decode(ids).float()[0]
+        pf = psnr_per_frame(rec[None], video[None, :, :a.frames])
+        ps.append(float(pf.mean())); p0.append(float(pf[0]))
+        obj, bg = world["objects"][0], world["background"]
+        found = observe(rec, bg)
+        col.append(majority([o and o["colour"] for o in found]) == obj["colour"])
+        shp.append(majority([o and o["shape"] for o in found]) == obj["shape"])
+pr = hist / hist.sum()
+ent = float(-(pr[pr > 0] * pr[pr > 0].log2()).sum())
+row = {"name": a.name, "minutes": round(train_s / 60, 1), "steps": step, "params": nparam, "psnr": round(float(np.mean(ps)), 2),
+           "psnr_f0": round(float(np.mean(p0)), 2), "colour": float(np.mean(col)), "shape": float(np.mean(shp)),
+           "code_entropy_bits": round(ent, 2), "usage": float((hist > 0).float().mean()), "args": {k: str(v) for k, v in vars(a).items()}}
+print(json.dumps(row))
+with open(a.out / "results.jsonl", "a") as f:
+    f.write(json.dumps(row) + "\n")
