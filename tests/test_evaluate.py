@@ -10,7 +10,7 @@ from vidlm.lm.pipeline import Generated
 
 from vidlm.evaluate import EVAL_SEED_BASE, evaluate, heldout_clips, heldout_seed
 
-REQUIRED = ("tokenizer_psnr", "color_accuracy", "shape_accuracy", "forward_error_ratio",
+REQUIRED = ("tokenizer_psnr", "color_accuracy", "shape_accuracy", "t2i_accuracy", "i2v_identity", "forward_error_ratio",
             "backward_error_ratio", "connect_error_ratio", "identity", "loop_seam")
 
 
@@ -53,6 +53,12 @@ class ScriptedModel:
     def t2v(self, text, frames, size, **kw):
         return self._answer(text)
 
+    def t2i(self, text, size, **kw):
+        return Generated(self._answer(text).video[:, :1], None)
+
+    def i2v(self, image, text, frames, **kw):
+        return self._answer(text, image[:, None] if self.frozen else None)
+
     def extend(self, video, direction, frames, text, **kw):
         return self._answer(text, video, direction)
 
@@ -71,7 +77,7 @@ def test_a_perfect_world_model_scores_perfectly():
     clips = heldout_clips(3, seed=0)
     report = evaluate(ScriptedModel(clips), num=3, seed=0, progress=False)
     assert report["color_accuracy"] == 1.0 and report["shape_accuracy"] == 1.0
-    assert report["identity"] == 1.0
+    assert report["identity"] == 1.0 and report["t2i_accuracy"] == 1.0 and report["i2v_identity"] == 1.0
     for task in ("forward", "backward", "connect"):
         assert report[f"{task}_error_ratio"] < 0.1, task
         assert report["errors_px"][task]["model"] < 0.5  # the detector is within a pixel
