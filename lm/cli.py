@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     x.add_argument("--run", required=True)
     x.add_argument("--out", required=True)
+    x.add_argument("--step", type=int, help="export this earlier checkpoint of the run (default: latest)")
     return p
 
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     if args.cmd == "export":
         from vidlm.lm.train import export
 
-        print(f"exported {export(args.run, args.out)}")
+        print(f"exported {export(args.run, args.out, step=args.step)}")
         return 0
     import dataclasses
 

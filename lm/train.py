@@ -411,8 +411,10 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
 
 
 # ----------------------------------------------------------------------------- export
-def export(run_dir, out_dir) -> Path:
+def export(run_dir, out_dir, *, step: int | None = None) -> Path:
     """RUN/latest -> out_dir/model.safetensors + config.json + vocab.json (VideoLM.from_pretrained).
+    `step` exports an earlier checkpoint of the run instead (one `latest` has passed, so it is
+    complete: the compute-scaling figure evaluates a run at several points of its training).
 
     ZeRO-1/2/3 checkpoints are consolidated to fp32 with DeepSpeed's zero_to_fp32 (which reads
     the partitioned ZeRO-3 parameters); ZeRO-0 checkpoints hold the whole module. Reads only
@@ -425,6 +427,13 @@ def export(run_dir, out_dir) -> Path:
     step_dir = rt.latest_step_dir(run)
     if step_dir is None:
         raise FileNotFoundError(f"{run} has no checkpoint (no 'latest'); train first with `vidlm lm train`")
+    if step is not None:
+        latest = int(step_dir.name.removeprefix("step-"))
+        step_dir = run / f"step-{int(step)}"
+        if step > latest or not (step_dir / "meta.json").is_file():
+            kept = sorted(int(p.name[5:]) for p in run.glob("step-*") if p.name[5:].isdigit())
+            raise FileNotFoundError(f"{run} has no complete checkpoint of step {step} (kept: {kept}, latest "
+                                    f"{latest}); keep more with keep_last / ckpt_every")
     lm_cfg = from_dict(LMConfig, json.loads((run / "lm.json").read_text()), where=str(run / "lm.json"))
     vocab = Vocab.from_pretrained(run)
     meta = json.loads((step_dir / "meta.json").read_text())

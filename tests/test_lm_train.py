@@ -166,7 +166,7 @@ def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
     from vidlm.lm.train import load_data, main, val_sequences
     from vidlm.lm.vocab import Vocab
 
-    cfg = debug_cfg(steps=40, log_every=10, val_every=40, ckpt_every=40, lr=3e-3)
+    cfg = debug_cfg(steps=40, log_every=10, val_every=40, ckpt_every=20, lr=3e-3)
     zero3 = str(REPO / "recipes/deepspeed/zero3.json")
     out = main(cfg, run_dir=str(tmp_path / "run"), data=str(tokens), deepspeed=zero3)
     last = out["last"]
@@ -196,6 +196,13 @@ def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
         # the exported weights are the trained ones: their loss is the run's last validation
         assert after == pytest.approx(last[f"val/{name}"], rel=1e-4), name
     assert last["skipped_steps"] == 0 and last["tokens_per_s"] > 0
+    # an earlier checkpoint exports too (the compute-scaling figure); a step never saved is refused
+    from vidlm.lm.train import export
+
+    early = VideoLM.from_pretrained(export(tmp_path / "run", tmp_path / "early", step=20))
+    assert any(not torch.equal(a, b) for a, b in zip(early.parameters(), exported.parameters()))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint of step 30"):
+        export(tmp_path / "run", tmp_path / "nope", step=30)
 
 
 @pytest.mark.slow
