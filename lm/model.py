@@ -70,16 +70,17 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def keep_last(self, n: int) -> None:
-        """Sliding window: keep only the last n cached tokens (moved to the front)."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"keep_last({n}) with {self.length} cached tokens")
-        s = self.length - n
-        self.k[:, :, :n] = self.k[:, :, s : self.length].clone()
-        self.v[:, :, :n] = self.v[:, :, s : self.length].clone()
-        self.doc[:, :n] = self.doc[:, s : self.length].clone()
-        self.doc[:, n:] = -1
-        self.length = n
+    def keep_last(self, n: int, sink: int = 0) -> None:
+        """Sliding window: keep the first `sink` cached tokens (the prompt) and the last n (moved
+        to follow them); the ones between are dropped."""
+        if not (0 <= n and 0 <= sink and sink + n <= self.length):
+            raise ValueError(f"keep_last({n}, sink={sink}) with {self.length} cached tokens")
+        s, end = self.length - n, sink + n
+        self.k[:, :, sink:end] = self.k[:, :, s : self.length].clone()
+        self.v[:, :, sink:end] = self.v[:, :, s : self.length].clone()
+        self.doc[:, sink:end] = self.doc[:, s : self.length].clone()
+        self.doc[:, end:] = -1
+        self.length = end
 
 
 # ----------------------------------------------------------------------------- 3D RoPE

@@ -337,8 +337,9 @@ class VideoGenerator:
              size: tuple[int, int] = (64, 64), text: str | None = None, keep_frames: int | None = None,
              **opts) -> Generated:
         """A clip of `seconds` at `fps`, longer than the context: forward extension in a sliding
-        window that keeps the KV cache between chunks (the oldest frames leave the cache, the
-        last `keep_frames` latent frames stay; nothing is re-read)."""
+        window that keeps the KV cache between chunks (the oldest generated frames leave the
+        cache, the last `keep_frames` latent frames stay, and so does the prompt with its caption
+        and known frames; nothing is re-read)."""
         import math
 
         from vidlm.lm.sample import context_length

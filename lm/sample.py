@@ -208,8 +208,10 @@ def stream(
       nothing outside it is ever sampled. None allows the whole vocabulary.
     use_cache: False recomputes the whole sequence at every step (the reference path).
     window / keep: sliding window for long generation. The cache holds `window` tokens (default
-      all that is needed); when it is full, all but the last `keep` tokens are dropped
-      (KVCache.keep_last) and generation goes on, without re-reading what was dropped.
+      all that is needed); when it is full, the generated tokens but the last `keep` are dropped
+      (KVCache.keep_last) and generation goes on, without re-reading what was dropped. The
+      prompt (task, grid, caption, known frames) stays in the cache as a fixed sink: every
+      token, however late, still sees it.
       period: keep `keep` tokens plus as many more as it takes for the kept part to start at a
       multiple of `period` generated tokens (a latent frame, h*w tokens, for videos).
     cache: an allocated KV cache to use (default: one sized to the request). Its rows are the
@@ -235,12 +237,12 @@ def stream(
     if window is None:
         check_fits(model, prompt_len, n)
     else:
-        if keep is None or not 0 < keep <= window - period:
-            raise ValueError(f"a sliding window needs 0 < keep <= window - period, got keep={keep}, "
-                             f"window={window}, period={period}")
-        if window > context_length(model) or prompt_len >= window:
-            raise ContextError(f"a sliding window of {window} tokens must hold the {prompt_len}-token "
-                               f"prompt and fit the model's context of {context_length(model)}")
+        if keep is None or not 0 < keep <= window - prompt_len - period:
+            raise ValueError(f"a sliding window needs 0 < keep <= window - prompt - period, got keep={keep}, "
+                             f"window={window}, prompt={prompt_len}, period={period}")
+        if window > context_length(model):
+            raise ContextError(f"a sliding window of {window} tokens must fit the model's context of "
+                               f"{context_length(model)}")
     if n == 0:
         return
     row_doc = torch.zeros(len(rows), dtype=torch.long, device=device)
@@ -263,10 +265,11 @@ def stream(
     if cache is None:
         cache = allocate_cache(model, len(rows), min(window or prompt_len + n, prompt_len + n))
     token = pick(prefill(model, ids, coords, cache, doc_ids))
+    sink = cache.length  # the prompt (after whatever the cache held before it)
     yield token
     for i in range(1, n):
         if window is not None and cache.length >= window:
-            cache.keep_last(keep + (i - 1) % period)  # i - 1 generated tokens are in the cache
+            cache.keep_last(keep + (i - 1) % period, sink)  # i - 1 generated tokens were cached
         logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache, row_doc)
         token = pick(logits)
         yield token

@@ -74,6 +74,20 @@ def test_long_slides_past_the_context_without_rereading(gen):
     assert fed[0] < ctx and all(n == 1 for n in fed[1:]) and len(fed) == codes.numel()
 
 
+def test_long_keeps_its_caption_and_its_known_frames_after_the_window_slides(gen):
+    ctx = gen.lm.cfg.max_seq_len
+    per = (SIZE[0] // gen.space_factor) * (SIZE[1] // gen.space_factor)
+    seconds = (ctx // per + 8) * gen.time_factor / 8.0
+    # random weights barely read the text: strong text guidance makes the caption count
+    a = gen.long("a red circle", seconds=seconds, fps=8.0, size=SIZE, seed=0, cfg_text=20.0).codes
+    b = gen.long("a blue square", seconds=seconds, fps=8.0, size=SIZE, seed=0, cfg_text=20.0).codes
+    slid = ctx // per  # latent frames from here on are generated after the window slid
+    assert a.shape[0] > slid and not torch.equal(a[slid:], b[slid:])
+    head = clip(5)
+    codes = gen.long(head, seconds=seconds, fps=8.0, text="a red circle", seed=0).codes
+    assert codes.shape[0] * per > ctx and torch.equal(codes[: gen.encode(head).shape[0]], gen.encode(head))
+
+
 def test_request_too_large_says_what_fits(gen):
     with pytest.raises(ContextError, match=r"at most \d+ frames fit"):
         gen.t2v("a red circle", frames=1 + 4 * 60, size=SIZE)

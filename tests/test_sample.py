@@ -22,10 +22,10 @@ class TinyCache:
         self.doc = torch.full((batch, max_len), -1, dtype=torch.long)
         self.length = 0
 
-    def keep_last(self, n):
+    def keep_last(self, n, sink=0):
         for t in (self.k, self.v, self.doc):
-            t[:, :n] = t[:, self.length - n : self.length].clone()
-        self.length = n
+            t[:, sink : sink + n] = t[:, self.length - n : self.length].clone()
+        self.length = sink + n
 
 
 class TinyLM(nn.Module):
@@ -170,6 +170,39 @@ def test_sliding_window_generates_past_the_context():
     assert out.shape == (1, 40)
     # While the window is not full, it is the same as plain generation.
     assert torch.equal(out[:, :12], run(model, make_prompt(4, 12), temperature=0))
+
+
+def test_sliding_window_keeps_the_prompt_as_a_sink():
+    # TinyLM's keys and values depend on each token alone, so a windowed step must equal a fresh
+    # greedy step over exactly what the window keeps: the whole prompt and the last kept tokens.
+    model, window, keep = TinyLM(max_seq_len=16), 16, 5
+    prompt = make_prompt(6, 30)
+    cache = model.new_cache(1, window)
+    out = run(model, prompt, window=window, keep=keep, cache=cache, temperature=0)[0]
+    # after many slides the cache still starts with the prompt's own keys
+    with torch.no_grad():
+        fresh = model.new_cache(1, window)
+        model(prompt.ids[None], prompt.coords[None], cache=fresh)
+    n = len(prompt.ids)
+    assert torch.equal(cache.k[:, :n], fresh.k[:, :n]) and torch.equal(cache.doc[:, :n], fresh.doc[:, :n])
+    cached, replayed = 0, 0  # generated tokens in the cache; steps checked after a slide
+    for i in range(1, len(out)):  # token i is sampled after token i-1 is fed
+        if len(prompt.ids) + cached >= window:
+            cached = keep
+        cached += 1
+        if cached < i:  # the window has slid: tokens before i - cached are gone, the prompt is not
+            kept = slice(i - cached, i)
+            ids = torch.cat([prompt.ids, out[kept]])[None]
+            coords = torch.cat([prompt.coords, prompt.gen_coords[kept]])[None]
+            logits = model(ids, coords)[0, -1, LEGAL[0]:LEGAL[1]]
+            assert int(logits.argmax()) + LEGAL[0] == int(out[i]), i
+            replayed += 1
+    assert replayed > 10
+    # and the prompt matters after the slide: another first prompt token changes late tokens
+    other = make_prompt(6, 30)
+    other.ids[0] = (other.ids[0] + 1) % 10
+    late = run(model, other, window=window, keep=keep, cache=model.new_cache(1, window), temperature=0)[0]
+    assert not torch.equal(late[-8:], out[-8:])
 
 
 # ------------------------------------------------------------------- the real model, debug preset
