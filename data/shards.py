@@ -96,7 +96,8 @@ def write_shards(videos, out_dir, *, captions: dict[str, str] | None = None, sha
     holds the file's own bytes, or with `max_side` and a bigger video, an mp4 re-encoded to that
     longer side (`data.video.downscale`; its .json keeps the original size under "original")."""
     import webdataset as wds
-    from tqdm import tqdm
+
+    from vidlm.logging import progress_bar
 
     files = find_videos(videos)
     if not files:
@@ -110,7 +111,7 @@ def write_shards(videos, out_dir, *, captions: dict[str, str] | None = None, sha
     try:
         with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=shard_size, verbose=0,
                              encoder=False, mtime=0) as sink:
-            for path, (info, data, error) in tqdm(zip(files, results), total=len(files), desc="shards",
+            for path, (info, data, error) in progress_bar(zip(files, results), total=len(files), desc="shards",
                                             unit="video", disable=not progress):
                 caption = (captions or {}).get(path.name)
                 if error:

@@ -235,12 +235,13 @@ def synth_shards(out_dir, num: int, seed: int, *, shard_size: int = 500, progres
                  **render_kwargs) -> list[Path]:
     """Write `num` shapes-world clips as webdataset shards out_dir/shapes-%06d.tar."""
     import webdataset as wds
-    from tqdm import tqdm
+
+    from vidlm.logging import progress_bar
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with wds.ShardWriter(str(out / "shapes-%06d.tar"), maxcount=shard_size, verbose=0,
                          encoder=False, mtime=0) as sink:
-        for i in tqdm(range(num), desc="synth", unit="clip", disable=not progress):
+        for i in progress_bar(range(num), desc="synth", unit="clip", disable=not progress):
             sink.write(synth_sample(seed, i, **render_kwargs))
     return sorted(out.glob("shapes-*.tar"))

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from vidlm.lm.sample import CFG, ContextError, stream
 
+from vidlm.logging import progress_bar
+
 
 class Generated(NamedTuple):
     """What every task returns: `video, codes = gen.t2v(...)`."""
@@ -222,9 +224,7 @@ class VideoGenerator:
                         top_k=top_k, top_p=top_p, legal=self.vocab.code_range, window=window, keep=keep,
                         period=period)
         out = []
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(cond.gen_coords), unit="tok", desc=task, disable=not progress) as bar:
+        with progress_bar(total=len(cond.gen_coords), unit="tok", desc=task, disable=not progress) as bar:
             for token in tokens:
                 out.append(token)
                 bar.update(1)

@@ -50,10 +50,11 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
                     fps: float = 8.0, tails=(1, 2), batch_size: int = 8, max_text: int = 128,
                     per_shard: int = 1000, progress: bool = True, max_clips: int | None = None) -> dict:
     """Write out_dir/tokens-*.tar + vocab.json + info.json; returns info (written, skipped)."""
-    from tqdm.auto import tqdm
     from vidlm.data.loader import LoaderConfig, VideoLoader
     from vidlm.lm.tokendata import ShardWriter, TokenClip
     from vidlm.lm.vocab import Vocab
+
+    from vidlm.logging import progress_bar
 
     tokenizer.eval()
     device = next(tokenizer.parameters()).device
@@ -65,7 +66,7 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
     loader = VideoLoader(shards, cfg)
     out = Path(out_dir)
     writer = ShardWriter(out, per_shard)
-    bar = tqdm(desc="tokenize", unit="clip", disable=not progress, total=max_clips)
+    bar = progress_bar(desc="tokenize", unit="clip", disable=not progress, total=max_clips)
     queues: dict = {}
 
     def flush(items) -> None:

@@ -194,6 +194,26 @@ def test_run_logger(dist, tmp_path):
     assert not (tmp_path / "r1").exists()
 
 
+def test_progress_bars_write_plain_lines_where_stderr_is_not_a_terminal(capsys):
+    import io
+
+    from vidlm.logging import progress_bar
+
+    out = io.StringIO()  # a log file, CI, nohup: not a terminal
+    for _ in progress_bar(range(5000), file=out, desc="work", unit="it"):
+        pass
+    text = out.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert len(lines) <= 3 and "work" in lines[-1] and "5000/5000" in lines[-1]
+    # every command's bars go through it: a generation logged to a file stays a few lines
+    from vidlm.lm.pipeline import VideoGenerator
+
+    VideoGenerator.random("debug", tokenizer="debug").t2v("a red circle", frames=5, size=(16, 16), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and 0 < len(err.splitlines()) <= 3
+
+
 def test_launch_scripts():
     for script in ("cpu.sh", "1gpu.sh", "8gpu.sh", "multinode.sh"):
         subprocess.run(["bash", "-n", LAUNCH / script], check=True)

@@ -288,9 +288,8 @@ def edited_caption(caption: str) -> str:
 
 def generate_all(gen, cfg: DemoConfig, sources: list[tuple], *, seed: int = 0, progress: bool = True) -> list[Entry]:
     """Every task once, conditioned on `sources` (9 clips with captions)."""
-    from tqdm.auto import tqdm
-
     from vidlm.lm.pipeline import seam_score
+    from vidlm.logging import progress_bar
 
     k, T, size = cfg.known_frames, cfg.frames, cfg.size
     opts = dict(seed=seed, temperature=cfg.temperature, top_k=cfg.top_k, cfg_text=cfg.cfg_text)
@@ -312,7 +311,7 @@ def generate_all(gen, cfg: DemoConfig, sources: list[tuple], *, seed: int = 0, p
         ("long", c8, [], lambda: gen.long(c8, seconds=cfg.long_seconds, fps=cfg.fps, size=size, **opts)),
     ]
     entries = []
-    for task, prompt, inputs, fn in tqdm(jobs, desc="gallery", unit="task", disable=not progress):
+    for task, prompt, inputs, fn in progress_bar(jobs, desc="gallery", unit="task", disable=not progress):
         t0 = time.time()
         video = fn().video.float().cpu().clamp(-1, 1)
         note = f"seam score {seam_score(video):.2f}" if task == "loop" else ""

@@ -223,14 +223,14 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
 def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int = 17,
              size: tuple[int, int] = (64, 64), sampling: dict | None = None, progress: bool = True) -> dict:
     """Every metric of the module doc on `num` held-out clips, for a `VideoGenerator`."""
-    from tqdm.auto import tqdm
+    from vidlm.logging import progress_bar
 
     sampling = dict(sampling or {})
     w, h = size
     started = time.time()
     r: dict[str, list] = {}
     clips = heldout_clips(num, seed, width=w, height=h, frames=frames)
-    for i, (video, caption, world) in enumerate(tqdm(clips, desc="eval world", unit="clip", disable=not progress)):
+    for i, (video, caption, world) in enumerate(progress_bar(clips, desc="eval world", unit="clip", disable=not progress)):
         opts = dict(sampling, seed=seed * 100_003 + i)
         for key, values in clip_metrics(gen, video, caption, world, known=known, frames=frames, size=size,
                                         opts=opts).items():

@@ -1,4 +1,5 @@
-"""Run logging: a tqdm bar with ETA, TensorBoard and metrics.jsonl, all on rank 0 only.
+"""Run logging: a tqdm bar with ETA, TensorBoard and metrics.jsonl, all on rank 0 only; and
+`progress_bar`, the one progress bar of every command.
 
     log = RunLogger(run_dir, total_steps=cfg.steps, dist=dist, start_step=step, desc="lm")
     log.log(step, {"loss": 2.31, "lr": 3e-4, "tokens_per_s": 5300.0})
@@ -13,12 +14,49 @@ appends to the same files. On ranks other than 0 every method is a no-op.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+PLAIN_EVERY = 30.0
+"""Seconds between progress lines where stderr is not a terminal (a log file, CI, nohup)."""
+
+
+class _Lines(io.TextIOBase):
+    """tqdm's output as plain lines: each refresh (a carriage return and the bar) becomes one
+    line, so a log holds a readable line per interval instead of one line of thousands of bars."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, *, file=None, **kwargs):
+    """A tqdm bar on a terminal; elsewhere a plain line every PLAIN_EVERY seconds (and at the
+    end). Takes tqdm's arguments."""
+    from tqdm.auto import tqdm
+
+    stream = file or sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        kwargs.update(file=_Lines(stream), mininterval=PLAIN_EVERY, maxinterval=PLAIN_EVERY,
+                      dynamic_ncols=False, ncols=100, ascii=True)
+    else:
+        kwargs["file"] = stream
+    return tqdm(iterable, **kwargs)
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -36,14 +74,13 @@ class RunLogger:
         if not self.enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm.auto import tqdm
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=start_step or None)
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
-                        mininterval=1.0, smoothing=0.1, unit="step")
+        self.bar = progress_bar(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
+                                mininterval=1.0, smoothing=0.1, unit="step")
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         """Scalars at `step` (tensors are converted); moves the bar to `step`."""
