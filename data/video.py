@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from vidlm.errors import UserError
+
 # Containers without timestamps (elementary streams), and codecs decord 0.6 can't decode.
 RAW_FORMATS = {"h264", "hevc", "m4v", "mpegvideo", "rawvideo"}
 PYAV_CODECS = {"av1", "libdav1d", "theora"}
@@ -39,7 +41,7 @@ VIDEO_SUFFIXES = {
 _SUFFIX_FORMAT = {".264": "h264", ".h264": "h264", ".265": "hevc", ".hevc": "hevc"}
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(RuntimeError, UserError):
     """A video that can't be read. `reason` is a short tag used to count skipped samples:
     "empty", "unreadable", "no_frames", "corrupt", "too_short", "backend"."""
 

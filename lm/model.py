@@ -244,15 +244,16 @@ class VideoLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path, device="cpu", **overrides) -> VideoLM:
         """Load a folder written by save_pretrained / `vidlm lm export`."""
-        from safetensors.torch import load_file
-
-        from vidlm.config import from_dict
+        from vidlm.config import ConfigError, from_dict, load_weights
 
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}: export a run with "
                                     "`vidlm lm export --run RUN --out DIR`")
-        data = {**json.loads((path / CONFIG_FILE).read_text()), **overrides}
+        try:
+            data = {**json.loads((path / CONFIG_FILE).read_text()), **overrides}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
         model = cls(from_dict(LMConfig, data, where=str(path / CONFIG_FILE)))
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(device)))
+        load_weights(model, path / WEIGHTS_FILE, path / CONFIG_FILE, "vidlm lm export --run RUN --out DIR", device)
         return model.to(device)

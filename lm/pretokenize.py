@@ -142,4 +142,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vidlm.errors import run
+
+    sys.exit(run(main, "vidlm data tokenize"))

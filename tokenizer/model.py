@@ -328,10 +328,7 @@ class VideoTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path, map_location: str | torch.device = "cpu") -> VideoTokenizer:
         """Load what save_pretrained wrote (never unpickles); clear errors for anything else."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from vidlm.config import from_dict
+        from vidlm.config import from_dict, load_weights
 
         path = Path(path)
         cfg_file, weights = path / "config.json", path / "model.safetensors"
@@ -347,16 +344,5 @@ class VideoTokenizer(nn.Module):
             raise ValueError(f"{cfg_file} is not a vidlm video tokenizer config (expected \"format\": "
                              f"\"{FORMAT}\")")
         model = cls(from_dict(TokenizerConfig, meta["config"], where=str(cfg_file)))
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{weights} is not a readable safetensors file ({e}); re-export it with "
-                             "`vidlm tokenizer export`") from None
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shapes differ
-            raise ValueError(f"{weights} does not match the architecture in {cfg_file}: {e}") from None
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not match the architecture in {cfg_file}: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        load_weights(model, weights, cfg_file, "vidlm tokenizer export", map_location)
         return model.eval()

@@ -8,12 +8,15 @@
     vidlm eval ...        world-simulation evaluation                  (vidlm.evaluate)
     vidlm bench ...       benchmarks (bench/)                          (vidlm.bench)
 
-Every subcommand also runs as `python -m MODULE`.
+Every subcommand also runs as `python -m MODULE`. Errors a user can act on print one line and
+exit 2 (`vidlm.errors`); `--debug` or VIDLM_DEBUG=1 shows the traceback.
 """
 
 import argparse
 import importlib
 import sys
+
+from vidlm.errors import run
 
 COMMANDS = {
     "data": ("vidlm.data.cli", "build, inspect and tokenize data sets"),
@@ -51,7 +54,7 @@ def main(argv=None) -> int:
         print(f"vidlm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest) or 0
+    return run(module.main, f"vidlm {name}", rest)
 
 
 if __name__ == "__main__":

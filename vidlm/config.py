@@ -1,4 +1,5 @@
-"""Strict construction of frozen config dataclasses from dicts (YAML run configs, config.json).
+"""Strict construction of frozen config dataclasses from dicts (YAML run configs, config.json),
+and of models from their safetensors weights (`load_weights`).
 
 Unknown keys and wrong types are refused with an error naming the key, the file and what is
 allowed, so a bad config fails before any training starts.
@@ -10,10 +11,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vidlm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     """A config that does not match its dataclass."""
 
 
@@ -114,3 +117,26 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return from_dict(cls, data, where=str(path))
+
+
+def load_weights(model, weights: Path, config: Path, export: str, device="cpu"):
+    """Load a safetensors file into `model` (never unpickles), strictly: a file that is not
+    safetensors, or whose tensors do not match the architecture in `config` (a missing or extra
+    key, another shape), is refused with a ConfigError naming it and `export`, the command that
+    writes it again."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{weights} is not a readable safetensors file ({e}); write it again with `{export}`") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ
+        raise ConfigError(f"{weights} does not match the architecture in {config}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
+    if missing or unexpected:
+        raise ConfigError(f"{weights} does not match the architecture in {config}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    return model

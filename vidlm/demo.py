@@ -505,4 +505,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vidlm.errors import run
+
+    sys.exit(run(main, "vidlm demo"))

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidlm.errors import UserError
 from vidlm.logging import RunLogger  # noqa: F401  (part of the runtime API)
 
 _STEP_TAG = re.compile(r"^step-(\d+)$")
@@ -432,7 +433,7 @@ def load_checkpoint(run_dir: str | os.PathLike, engines: dict) -> dict | None:
 # ----------------------------------------------------------------------------- training helpers
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeError, UserError):
     """Too many non-finite losses: the run is diverging."""
 
 
