@@ -368,31 +368,33 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     window = defaultdict(float)
     tick, tokens, started, last = time.time(), 0, time.time(), {}
     while step < end:
-        step_loss = 0.0
+        used = []  # the losses of the micro-batches the guard let through
         for _ in range(cfg.grad_accum):
             batch, cursor = micro_batch(stream, cursor, cfg.micro_batch_size, cfg.row_len)
             ce, mask = token_losses(engine, batch, dist.device)
             loss = ce.sum() / mask.sum().clamp(min=1)
-            if guard.guard(loss, step):
-                engine.backward(loss)
-                engine.step()
-            step_loss += float(loss.detach()) / cfg.grad_accum
+            first = batch["ids"][:1, :1].to(dist.device), batch["coords"][:1, :1].to(dist.device)
+            if not rt.guarded_step(engine, loss, guard, step, lambda: engine(*first)):
+                continue
+            used.append(float(loss.detach()))
             task = batch["task"][:, 1:].to(dist.device)
             for t in task[mask].unique().tolist():
                 sel = mask & (task == t)
                 window[f"sum/{TASKS[t]}"] += float(ce[sel].detach().sum())
                 window[f"n/{TASKS[t]}"] += float(sel.sum())
             tokens += int((batch["doc_ids"] >= 0).sum()) * dist.world_size
+        step_loss = sum(used) / len(used) if used else float("nan")
         losses.append(step_loss)
-        window["loss"] += step_loss
-        window["steps"] += 1
+        if used:
+            window["loss"] += step_loss
+            window["steps"] += 1
         step += 1
         if cfg.max_minutes is not None and time.time() - started > 60 * cfg.max_minutes and step < end:
             logger.info(f"max_minutes={cfg.max_minutes} spent: stopping at step {step} of {cfg.steps}")
             end = step
         if step % cfg.log_every == 0 or step == end:
             dt = max(time.time() - tick, 1e-9)
-            logs = {"loss": window["loss"] / window["steps"], "lr": engine.get_lr()[0], "tokens_per_s": tokens / dt,
+            logs = {"loss": window["loss"] / window["steps"] if window["steps"] else float("nan"), "lr": engine.get_lr()[0], "tokens_per_s": tokens / dt,
                     "skipped_steps": guard.skipped, "unigram_entropy": entropy}
             logs.update({f"loss/{t}": window[f"sum/{t}"] / window[f"n/{t}"] for t in TASKS if window[f"n/{t}"]})
             if peak:

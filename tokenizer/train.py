@@ -127,9 +127,7 @@ def generator_step(engines, losses: TokenizerLosses, guard, x, step: int):
         if losses.cfg.adaptive_weight:
             weight = last_layer_weight(losses, x.float(), feats, g.module, d.module)
     loss, logs = losses.generator(x.float(), recon, aux.float(), fake, weight)
-    if guard.guard(loss, step):
-        g.backward(loss)
-        g.step()
+    rt.guarded_step(g, loss, guard, step, lambda: g(x[:1, :, :1])[0])
     set_trainable(d.module, True)
     return recon.detach(), ids, logs
 
@@ -139,10 +137,8 @@ def discriminator_step(engines, losses: TokenizerLosses, guard, x, recon, step: 
     logits = d(torch.cat([x, recon.to(x.dtype)])).float()
     real, fake = logits.chunk(2)
     loss, logs = losses.discriminator(real, fake)
-    if guard.guard(loss, step):
+    if rt.guarded_step(d, loss, guard, step, lambda: d(x[:1])):
         losses.lecam_step(real, fake)
-        d.backward(loss)
-        d.step()
     return logs
 
 

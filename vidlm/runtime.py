@@ -441,7 +441,8 @@ class NonFiniteGuard:
     """Skip steps whose loss is NaN/inf; stop after `limit` skips.
 
     `guard(loss)` returns True when the loss is finite on every rank (do the step) and False
-    when it is not on some rank (skip backward and step on all ranks, so they stay in lockstep).
+    when it is not on some rank (every rank takes the same decision; `guarded_step` then keeps
+    DeepSpeed's accumulation window aligned).
     Up to `limit` skips are tolerated over the run; the next one raises NonFiniteLossError.
     `state_dict()` goes into client_state so the count survives a resume.
     """
@@ -470,6 +471,23 @@ class NonFiniteGuard:
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = int(state["skipped"])
+
+
+def guarded_step(engine, loss: torch.Tensor, guard: NonFiniteGuard, step: int, neutral) -> bool:
+    """One micro step of `engine`: backward + step on `loss`, or, when the loss is not finite on
+    some rank (the same verdict on every rank), on `neutral() * 0`, a forward of a fixed tiny
+    input: DeepSpeed still counts the micro step, so the gradient-accumulation window stays
+    aligned (checkpoints save, ranks stay in lockstep) and the bad micro-batch adds exactly zero
+    to the gradients. Without accumulation the whole step is skipped instead, so a bad batch never
+    moves the weights. Returns whether `loss` was used (the guard counts the ones that were not)."""
+    if guard.guard(loss, step):
+        engine.backward(loss)
+        engine.step()
+        return True
+    if engine.gradient_accumulation_steps() > 1:
+        engine.backward(neutral().float().sum() * 0.0)
+        engine.step()
+    return False
 
 
 class EMA:
