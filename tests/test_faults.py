@@ -108,3 +108,22 @@ def test_a_skipped_micro_batch_adds_nothing_to_the_step(dist, tokens, tmp_path, 
     b = torch.load(next((tmp_path / "b" / "step-1" / "model").glob("*model_states.pt")), weights_only=True)["module"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_resume_with_another_zero_stage_is_refused_before_any_step(dist, tokens, tmp_path, capsys):
+    import yaml
+
+    from vidlm.cli import main as vidlm
+
+    cfg = tmp_path / "lm.yaml"
+    cfg.write_text(yaml.safe_dump({"preset": "debug", "steps": 4, "seq_len": 128, "threads": 1}))
+    run = tmp_path / "run"
+    zero = lambda n: str(REPO / f"recipes/deepspeed/zero{n}.json")
+    argv = ["lm", "train", "--config", str(cfg), "--data", str(tokens), "--run", str(run)]
+    assert vidlm([*argv, "--deepspeed", zero(1), "--stop-at", "2"]) == 0
+    metrics = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert vidlm([*argv, "--deepspeed", zero(2)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "saved with ZeRO stage 1, this run uses stage 2" in err[0]
+    assert (run / "metrics.jsonl").read_text() == metrics and (run / "latest").read_text().strip() == "step-2"

@@ -322,6 +322,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class CheckpointError(RuntimeError, UserError):
+    """A run folder that cannot be resumed as asked (damaged, or saved by another job shape)."""
+
+
 def latest_step_dir(run_dir: str | os.PathLike) -> Path | None:
     """The step dir `run_dir/latest` names, or None without `latest`; refuses anything else."""
     run_dir = Path(run_dir)
@@ -331,7 +335,7 @@ def latest_step_dir(run_dir: str | os.PathLike) -> Path | None:
     tag = pointer.read_text().strip()
     step_dir = run_dir / tag
     if not _STEP_TAG.match(tag) or step_dir.is_symlink() or not step_dir.is_dir():
-        raise RuntimeError(f"{pointer} says {tag!r}, which is not a step-N dir inside {run_dir}; "
+        raise CheckpointError(f"{pointer} says {tag!r}, which is not a step-N dir inside {run_dir}; "
                            "the run dir is damaged (fix or delete 'latest' to start fresh)")
     return step_dir
 
@@ -411,19 +415,19 @@ def load_checkpoint(run_dir: str | os.PathLike, engines: dict) -> dict | None:
     rank, world = _rank_world()
     meta = json.loads((step_dir / "meta.json").read_text())
     if meta["world_size"] != world:
-        raise RuntimeError(f"{step_dir} was saved by {meta['world_size']} ranks, this job has {world}; "
+        raise CheckpointError(f"{step_dir} was saved by {meta['world_size']} ranks, this job has {world}; "
                            "resume with the same number of ranks")
     if sorted(engines) != meta["engines"]:
-        raise RuntimeError(f"{step_dir} holds engines {meta['engines']}, asked to load {sorted(engines)}")
+        raise CheckpointError(f"{step_dir} holds engines {meta['engines']}, asked to load {sorted(engines)}")
     for name, engine in engines.items():
         saved = meta.get("zero_stages", {}).get(name)
         if saved is not None and saved != zero_stage(engine):
-            raise RuntimeError(f"{step_dir}: engine {name!r} was saved with ZeRO stage {saved}, "
+            raise CheckpointError(f"{step_dir}: engine {name!r} was saved with ZeRO stage {saved}, "
                                f"this run uses stage {zero_stage(engine)}; use the same DeepSpeed JSON")
         path, _ = engine.load_checkpoint(str(step_dir), tag=name, load_optimizer_states=True,
                                          load_lr_scheduler_states=True)
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load engine {name!r} from {step_dir / name}")
+            raise CheckpointError(f"DeepSpeed could not load engine {name!r} from {step_dir / name}")
     mine = torch.load(step_dir / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
     _set_rng_state(mine["rng"])
     _barrier()
