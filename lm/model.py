@@ -244,16 +244,13 @@ class VideoLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path, device="cpu", **overrides) -> VideoLM:
         """Load a folder written by save_pretrained / `vidlm lm export`."""
-        from vidlm.config import ConfigError, from_dict, load_weights
+        from vidlm.config import from_dict, load_weights, read_json
 
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{path} has no {CONFIG_FILE} + {WEIGHTS_FILE}: export a run with "
                                     "`vidlm lm export --run RUN --out DIR`")
-        try:
-            data = {**json.loads((path / CONFIG_FILE).read_text()), **overrides}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path / CONFIG_FILE} is not valid JSON: {e}") from None
+        data = {**read_json(path / CONFIG_FILE), **overrides}
         model = cls(from_dict(LMConfig, data, where=str(path / CONFIG_FILE)))
         load_weights(model, path / WEIGHTS_FILE, path / CONFIG_FILE, "vidlm lm export --run RUN --out DIR", device)
         return model.to(device)

@@ -374,7 +374,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             ce, mask = token_losses(engine, batch, dist.device)
             loss = ce.sum() / mask.sum().clamp(min=1)
             first = batch["ids"][:1, :1].to(dist.device), batch["coords"][:1, :1].to(dist.device)
-            if not rt.guarded_step(engine, loss, guard, step, lambda: engine(*first)):
+            if not rt.guarded_step(engine, loss, guard, step, lambda first=first: engine(*first)):
                 continue
             used.append(float(loss.detach()))
             task = batch["task"][:, 1:].to(dist.device)
@@ -430,12 +430,7 @@ def export(run_dir, out_dir, *, step: int | None = None) -> Path:
     if step_dir is None:
         raise FileNotFoundError(f"{run} has no checkpoint (no 'latest'); train first with `vidlm lm train`")
     if step is not None:
-        latest = int(step_dir.name.removeprefix("step-"))
-        step_dir = run / f"step-{int(step)}"
-        if step > latest or not (step_dir / "meta.json").is_file():
-            kept = sorted(int(p.name[5:]) for p in run.glob("step-*") if p.name[5:].isdigit())
-            raise FileNotFoundError(f"{run} has no complete checkpoint of step {step} (kept: {kept}, latest "
-                                    f"{latest}); keep more with keep_last / ckpt_every")
+        step_dir = rt.step_dir_at(run, step)
     lm_cfg = from_dict(LMConfig, json.loads((run / "lm.json").read_text()), where=str(run / "lm.json"))
     vocab = Vocab.from_pretrained(run)
     meta = json.loads((step_dir / "meta.json").read_text())

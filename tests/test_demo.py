@@ -210,8 +210,9 @@ SHIPPED_FLOORS = {"psnr": 29.0, "rec_colour": 0.8, "t2v_colour": 0.5}
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped weights not built (vidlm demo --ship ...)")
 def test_shipped_weights_simulate_the_shapes_world():
-    from vidlm.evaluate import heldout_clips, majority, observe, psnr_ssim
     from vidlm.lm.pipeline import VideoGenerator
+
+    from vidlm.evaluate import heldout_clips, psnr_ssim, verdict
 
     gen = VideoGenerator.from_pretrained("shapes-demo")
     clips = heldout_clips(6, seed=0)
@@ -221,11 +222,10 @@ def test_shipped_weights_simulate_the_shapes_world():
         with torch.inference_mode():
             recon = gen.tokenizer.decode(gen.tokenizer.encode(video[None]))[0].clamp(-1, 1)
         psnr.append(psnr_ssim(video, recon)[0])
-        seen = observe(recon, bg)
-        rec_colour.append(majority([o and o["colour"] for o in seen]) == obj["colour"])
+        rec_colour.append(verdict(recon, obj, bg)[0])
         if i < 4:  # t2v is the slow part: four prompts
             t2v = gen.t2v(caption, frames=17, size=(64, 64), seed=i, cfg_text=3.0).video
-            t2v_colour.append(majority([o and o["colour"] for o in observe(t2v, bg)]) == obj["colour"])
+            t2v_colour.append(verdict(t2v, obj, bg)[0])
     got = {"psnr": sum(psnr) / len(psnr), "rec_colour": sum(rec_colour) / len(rec_colour),
            "t2v_colour": sum(t2v_colour) / len(t2v_colour)}
     for key, floor in SHIPPED_FLOORS.items():

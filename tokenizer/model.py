@@ -328,7 +328,7 @@ class VideoTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path, map_location: str | torch.device = "cpu") -> VideoTokenizer:
         """Load what save_pretrained wrote (never unpickles); clear errors for anything else."""
-        from vidlm.config import from_dict, load_weights
+        from vidlm.config import from_dict, load_weights, read_json
 
         path = Path(path)
         cfg_file, weights = path / "config.json", path / "model.safetensors"
@@ -336,10 +336,7 @@ class VideoTokenizer(nn.Module):
             if not f.is_file():
                 raise FileNotFoundError(f"{f} not found: a tokenizer folder holds config.json and "
                                         "model.safetensors (written by save_pretrained / `vidlm tokenizer export`)")
-        try:
-            meta = json.loads(cfg_file.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        meta = read_json(cfg_file)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"{cfg_file} is not a vidlm video tokenizer config (expected \"format\": "
                              f"\"{FORMAT}\")")

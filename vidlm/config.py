@@ -119,6 +119,16 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, data, where=str(path))
 
 
+def read_json(path: Path) -> Any:
+    """The JSON document in `path`; a ConfigError naming the file if it is not JSON."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+
+
 def load_weights(model, weights: Path, config: Path, export: str, device="cpu"):
     """Load a safetensors file into `model` (never unpickles), strictly: a file that is not
     safetensors, or whose tensors do not match the architecture in `config` (a missing or extra

@@ -148,6 +148,14 @@ def latent_frames_span(k0: int, k1: int, f: int) -> range:
     return range(start, f * (k1 - 1) + 1)
 
 
+def verdict(video, obj: dict, background: str) -> tuple[bool, bool]:
+    """Whether the colour and the shape the detector reads most often in the frames of video
+    (C,T,H,W) are the object's."""
+    found = observe(video, background)
+    return (majority([o and o["colour"] for o in found]) == obj["colour"],
+            majority([o and o["shape"] for o in found]) == obj["shape"])
+
+
 def identity_matches(seen: list[dict | None], colour: str, shape: str) -> list[bool]:
     return [bool(o and o["colour"] == colour and o["shape"] == shape) for o in seen]
 
@@ -181,9 +189,9 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
     # what any LM sampling through this tokenizer can score; on t2v it is prompt alignment.
     t2v = gen.t2v(caption, frames=frames, size=size, **opts).video.cpu()
     for prefix, clip in (("det_", video), ("rec_", recon), ("", t2v)):
-        found = observe(clip, bg)
-        add(prefix + "colour_ok", [majority([o and o["colour"] for o in found]) == obj["colour"]])
-        add(prefix + "shape_ok", [majority([o and o["shape"] for o in found]) == obj["shape"]])
+        colour_ok, shape_ok = verdict(clip, obj, bg)
+        add(prefix + "colour_ok", [colour_ok])
+        add(prefix + "shape_ok", [shape_ok])
 
     image = gen.t2i(caption, size=size, **opts).video.cpu()
     add("t2i", identity_matches(observe(image, bg), obj["colour"], obj["shape"]))

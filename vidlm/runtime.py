@@ -340,6 +340,26 @@ def latest_step_dir(run_dir: str | os.PathLike) -> Path | None:
     return step_dir
 
 
+def step_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """[(step, run_dir/step-N)] of the step dirs a run holds, oldest first."""
+    run_dir = Path(run_dir)
+    return sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := _STEP_TAG.match(p.name)) and p.is_dir())
+
+
+def step_dir_at(run_dir: str | os.PathLike, step: int) -> Path:
+    """The checkpoint of `step`, if it is complete: `latest` has reached it (a save writes its
+    step dir whole before `latest` moves, and a crashed save is redone whole)."""
+    latest = latest_step_dir(run_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint (no 'latest')")
+    kept = dict(step_dirs(run_dir))
+    last = int(_STEP_TAG.match(latest.name).group(1))
+    if step > last or step not in kept:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint of step {step} (kept: {sorted(kept)}, "
+                                f"latest {last}); keep more with keep_last / ckpt_every")
+    return kept[step]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
@@ -394,9 +414,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, engines: dict, client
     if rank == 0:
         _write_atomic(run_dir / "latest", tag + "\n")
         if keep_last > 0:
-            steps = sorted((int(m.group(1)), p) for p in run_dir.iterdir()
-                           if (m := _STEP_TAG.match(p.name)) and p.is_dir())
-            for s, p in steps[:-keep_last]:
+            for s, p in step_dirs(run_dir)[:-keep_last]:
                 if s < step:
                     shutil.rmtree(p, ignore_errors=True)
     _barrier()
