@@ -2,14 +2,13 @@
 the non-finite guard, DeepSpeed config checks, EMA and the run logger."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import runtime_worker as toy
 import torch
+from conftest import launch
 
 from vidlm import runtime as rt
 
@@ -229,15 +228,8 @@ def test_exact_resume_two_ranks_deepspeed_launcher(tmp_path):
     job = {"out": str(tmp_path / "result.json"), "run_root": str(tmp_path / "runs"),
            "stages": [1, 2, 3], "steps": STEPS, "resume_at": RESUME_AT}
     (tmp_path / "job.json").write_text(json.dumps(job))
-    venv_bin = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(NPROC="2", PYTHON=sys.executable, DEEPSPEED=str(venv_bin / "deepspeed"),
-               PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
     shm_before = _deepspeed_shm_files()
-    proc = subprocess.run(["bash", LAUNCH / "cpu.sh", "tests.runtime_worker", tmp_path / "job.json"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = launch("tests.runtime_worker", tmp_path / "job.json", nproc=2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2

@@ -403,13 +403,18 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, engines: dict, client
             shutil.rmtree(step_dir)
         step_dir.mkdir()
     _barrier()
-    for name, engine in engines.items():
-        engine.save_checkpoint(str(step_dir), tag=name, client_state={}, save_latest=False)
-    torch.save({"rng": rng, "client_state": client_state}, step_dir / f"rank-{rank}.pt")
-    if rank == 0:
-        meta = {"step": int(step), "world_size": world, "engines": sorted(engines),
-                "zero_stages": {n: zero_stage(e) for n, e in engines.items()}}
-        (step_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        for name, engine in engines.items():
+            engine.save_checkpoint(str(step_dir), tag=name, client_state={}, save_latest=False)
+        torch.save({"rng": rng, "client_state": client_state}, step_dir / f"rank-{rank}.pt")
+        if rank == 0:
+            meta = {"step": int(step), "world_size": world, "engines": sorted(engines),
+                    "zero_stages": {n: zero_stage(e) for n, e in engines.items()}}
+            (step_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    except (OSError, RuntimeError) as e:  # a full disk is an OSError from Python, a RuntimeError from torch.save
+        kept = f"'latest' still names {current.name}" if current is not None else "no checkpoint was complete yet"
+        raise CheckpointError(f"could not write the checkpoint {step_dir} ({e}); {kept}: free space (or fix "
+                              "the folder) and rerun with the same --run to resume from it") from e
     _barrier()  # every rank has written everything for this step
     if rank == 0:
         _write_atomic(run_dir / "latest", tag + "\n")
