@@ -121,6 +121,9 @@ class TrainConfig:
     """Accelerator peak for the MFU estimate (None: known GPUs are looked up, else no MFU)."""
     threads: int = 0
     """torch threads per rank (0: torch's default)."""
+    init_from: str | None = None
+    """Fine-tune: start from exported LM weights (a `vidlm lm export` folder, or a model folder
+    holding lm/) instead of a random init. Their architecture and vocab must be this run's."""
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -291,11 +294,37 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str | None):
+def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None:
+    """The folder `init_from` names, checked against this run's architecture and vocab (before
+    anything is built: a wrong one is refused at once)."""
+    from vidlm.config import ConfigError, read_json, to_dict
+
+    if cfg.init_from is None:
+        return None
+    path = Path(cfg.init_from)
+    path = path / "lm" if (path / "lm").is_dir() else path
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"init_from: {cfg.init_from} holds no exported LM (config.json, model.safetensors); "
+                          "write one with `vidlm lm export --run RUN --out DIR`")
+    theirs, ours = read_json(path / "config.json"), to_dict(lm_cfg)
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ConfigError(f"init_from: {path} is another architecture than this run's (differs in {diff}); "
+                          "use the same preset and model overrides")
+    if Vocab.from_pretrained(path).to_dict() != vocab.to_dict():
+        raise ConfigError(f"init_from: {path} was trained on another vocab than the token data's; tokenize the "
+                          "data with the same video tokenizer and text model")
+    return path
+
+
+def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str | None, init: Path | None = None):
+    from vidlm.config import load_weights
     from vidlm.lm.model import VideoLM
 
     rt.seed_all(cfg.seed)  # the same initial weights on every rank
     model = VideoLM(lm_cfg)
+    if init is not None:
+        load_weights(model, init / "model.safetensors", init / "config.json", "vidlm lm export --run RUN --out DIR")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     other = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -345,9 +374,10 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     run = Path(run_dir or cfg.run_dir)
     train_clips, val_clips, vocab = load_data(cfg, data)
     lm_cfg = cfg.lm_config(vocab.size)
+    init = init_folder(cfg, lm_cfg, vocab)
     if dist.is_main:
         write_run_info(run, cfg, lm_cfg, vocab)
-    engine = build_engine(cfg, lm_cfg, dist, deepspeed)
+    engine = build_engine(cfg, lm_cfg, dist, deepspeed, init)
     guard = rt.NonFiniteGuard(cfg.nonfinite_limit)
     client = rt.load_checkpoint(run, {"model": engine})
     step, cursor = (int(client["step"]), int(client["cursor"])) if client else (0, 0)
@@ -442,7 +472,7 @@ def export(run_dir, out_dir, *, step: int | None = None) -> Path:
         files = sorted((step_dir / "model").glob("*model_states.pt"))
         if not files:
             raise FileNotFoundError(f"no model states in {step_dir / 'model'}")
-        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        state = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
     model = VideoLM(lm_cfg)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.save_pretrained(out_dir, vocab=vocab)

@@ -203,6 +203,14 @@ def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(early.parameters(), exported.parameters()))
     with pytest.raises(FileNotFoundError, match="no complete checkpoint of step 30"):
         export(tmp_path / "run", tmp_path / "nope", step=30)
+    # fine-tuning starts from the exported weights: its first step's loss is the trained model's
+    from vidlm.config import ConfigError
+
+    tuned = main(debug_cfg(steps=2, init_from=str(tmp_path / "model")), run_dir=str(tmp_path / "tuned"), data=str(tokens))
+    assert tuned["losses"][0] < 0.6 * out["losses"][0]
+    with pytest.raises(ConfigError, match=r"another architecture .*n_layers"):
+        main(debug_cfg(steps=2, init_from=str(tmp_path / "model"), model={"n_layers": 1}),
+             run_dir=str(tmp_path / "other"), data=str(tokens))
 
 
 @pytest.mark.slow
@@ -212,13 +220,9 @@ def test_exact_resume_two_ranks(tokens, tmp_path):
         pytest.skip("CPU-rank launch test")
     job = {"out": str(tmp_path / "result.json"), "root": str(tmp_path / "runs"), "tokens": str(tokens)}
     (tmp_path / "job.json").write_text(json.dumps(job))
-    venv_bin = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    env.update(NPROC="2", PYTHON=sys.executable, DEEPSPEED=str(venv_bin / "deepspeed"), OMP_NUM_THREADS="1",
-               PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
-    proc = subprocess.run(["bash", REPO / "recipes/launch/cpu.sh", "tests.test_lm_train", tmp_path / "job.json"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False)
+    from conftest import launch  # here: the ranks import this module, outside pytest
+
+    proc = launch("tests.test_lm_train", tmp_path / "job.json", nproc=2, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     for stage in ("1", "2", "3"):

@@ -59,6 +59,9 @@ class DemoConfig:
     """Frame rate of clips and GIFs."""
     text_vocab_size: int = 256
     """Caption tokenizer pieces (fewer on tiny caption sets)."""
+    tokenizer_from: str | None = None
+    """Weights (a shipped name such as shapes-demo, or a model folder) whose video tokenizer and
+    caption tokenizer this run uses as they are: the text and tokenizer stages copy them."""
     tokenizer_recipe: str = "recipes/tokenizer/demo.yaml"
     """Video tokenizer run config (relative to the repo)."""
     tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
@@ -174,7 +177,19 @@ def stage_data(run: Run) -> dict:
     return {"shards": len(list(run.shards.glob("*.tar")))}
 
 
+def copy_part(run: Run, part: str) -> dict:
+    """OUT/model/PART from the `tokenizer_from` weights instead of training it."""
+    from vidlm.lm.pipeline import resolve_weights
+
+    src = resolve_weights(run.cfg.tokenizer_from) / part
+    shutil.rmtree(run.model / part, ignore_errors=True)
+    shutil.copytree(src, run.model / part)
+    return {"copied_from": str(src)}
+
+
 def stage_text(run: Run) -> dict:
+    if run.cfg.tokenizer_from:
+        return copy_part(run, "text")
     call("vidlm.data.cli", ["train-text-tokenizer", "--shards", str(run.shards), "--vocab-size",
                             str(run.cfg.text_vocab_size), "--out", str(run.model / "text")])
     return {}
@@ -182,6 +197,8 @@ def stage_text(run: Run) -> dict:
 
 def stage_tokenizer(run: Run) -> dict:
     c = run.cfg
+    if c.tokenizer_from:
+        return copy_part(run, "tokenizer")
     runs = run.out / "runs" / "tokenizer"
     cfg = derive_config(c.tokenizer_recipe, c.tokenizer_overrides, run.configs / "tokenizer.yaml")
     call("vidlm.tokenizer.cli", ["train", "--config", str(cfg), "--data", str(run.shards), "--run", str(runs)])

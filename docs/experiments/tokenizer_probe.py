@@ -88,7 +88,7 @@ train_s = time.time() - t0
 model.load_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ema.items()})
 model.eval()
 clips = heldout_clips(32, 0)
-ps, p0, col, shp, hist = [], [], [], [], torch.zeros(cfg.vocab_size)
+ps, p0, col, shp, shp0, hist = [], [], [], [], [], torch.zeros(cfg.vocab_size)
 with torch.no_grad():
     for video, cap, world in clips:
         v = video[None, :, :a.frames].to(torch.bfloat16)
@@ -101,10 +101,11 @@ with torch.no_grad():
         found = observe(rec, bg)
         col.append(majority([o and o["colour"] for o in found]) == obj["colour"])
         shp.append(majority([o and o["shape"] for o in found]) == obj["shape"])
+        shp0.append(bool(found[0]) and found[0]["shape"] == obj["shape"])
 pr = hist / hist.sum()
 ent = float(-(pr[pr > 0] * pr[pr > 0].log2()).sum())
 row = {"name": a.name, "minutes": round(train_s / 60, 1), "steps": step, "params": nparam, "psnr": round(float(np.mean(ps)), 2),
-           "psnr_f0": round(float(np.mean(p0)), 2), "colour": float(np.mean(col)), "shape": float(np.mean(shp)),
+           "psnr_f0": round(float(np.mean(p0)), 2), "colour": float(np.mean(col)), "shape": float(np.mean(shp)), "shape_f0": float(np.mean(shp0)),
            "code_entropy_bits": round(ent, 2), "usage": float((hist > 0).float().mean()), "args": {k: str(v) for k, v in vars(a).items()}}
 print(json.dumps(row))
 with open(a.out / "results.jsonl", "a") as f:
