@@ -64,6 +64,9 @@ def test_weights_of_another_architecture(model, tmp_path):
     save_file({k: v for k, v in state.items() if k != name}, str(other / "model.safetensors"))  # a missing key
     with pytest.raises(ValueError, match="missing"):
         VideoLM.from_pretrained(other)
+    save_file({**state, name: state[name].to(torch.int32)}, str(other / "model.safetensors"))  # another dtype
+    with pytest.raises(ValueError, match=f"{name} holds torch.int32"):
+        VideoLM.from_pretrained(other)
 
 
 def test_configs_and_runs_that_are_wrong(tmp_path, capsys):

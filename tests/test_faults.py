@@ -175,6 +175,10 @@ def test_kill_9_in_the_middle_of_a_save_resumes_exactly(stage, nproc, shards, to
     assert killed.returncode != 0, killed.stdout[-2000:] + killed.stderr[-2000:]
     assert (tmp_path / "run" / "latest").read_text().strip() == "step-2"
     assert (tmp_path / "run" / "step-4").is_dir()  # half written, never loaded
+    if nproc == 1:  # another world size is refused in one line before any step
+        other = launch(f"vidlm.{stage}.cli train", cfg, *args, "--run", tmp_path / "run", nproc=2)
+        assert other.returncode != 0 and "was saved by 1 ranks, this job has 2" in other.stderr
+        assert max(step_losses(tmp_path / "run")) == 4
     for run in ("run", "straight"):
         done = train(tmp_path / run)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

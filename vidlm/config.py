@@ -141,6 +141,11 @@ def load_weights(model, weights: Path, config: Path, export: str, device="cpu"):
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ConfigError(f"{weights} is not a readable safetensors file ({e}); write it again with `{export}`") from None
+    own = model.state_dict()
+    kinds = [k for k, v in state.items() if k in own and v.is_floating_point() != own[k].is_floating_point()]
+    if kinds:  # float16 for float32 is fine (shipped weights are stored so); integers for floats are not
+        raise ConfigError(f"{weights} does not match the architecture in {config}: {kinds[0]} holds "
+                          f"{state[kinds[0]].dtype}, the model {own[kinds[0]].dtype}")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes differ
