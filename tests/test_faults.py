@@ -217,11 +217,25 @@ def test_a_full_disk_during_a_save(dist, tokens, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- data
+def damage(overwritten, truncated) -> set[str]:
+    """Garbage over the start of the 3rd video of one shard; the other cut inside its 6th video.
+    Returns the keys of the samples that are no longer whole."""
+    import tarfile
+
+    def videos(p):
+        return [m for m in tarfile.open(p).getmembers() if m.name.endswith(".mp4")]
+
+    bad, cut = videos(overwritten)[2:3], videos(truncated)[5:]
+    with open(overwritten, "r+b") as f:
+        f.seek(bad[0].offset_data)
+        f.write(b"\xff" * 256)
+    os.truncate(truncated, cut[0].offset_data + cut[0].size // 2)
+    return {m.name.split(".")[0] for m in bad + cut}
+
+
 def test_shards_damaged_in_the_middle_of_an_epoch(tmp_path):
-    # Three shards; after the first batch, one unread shard gets bytes overwritten in a sample
-    # and another is truncated. The epoch runs to its end, the damaged samples are skipped and
-    # counted by reason, and no good sample is lost: all of the intact shard, and every sample
-    # of the damaged shards that is still whole.
+    # Three shards; after the first batch, the two unread ones are damaged. The epoch runs to its
+    # end, the damaged samples are skipped and counted by reason, and no good sample is lost.
     import tarfile
 
     from vidlm.data.loader import LoaderConfig, VideoLoader
@@ -229,24 +243,39 @@ def test_shards_damaged_in_the_middle_of_an_epoch(tmp_path):
 
     synth_shards(tmp_path, 24, seed=3, shard_size=8)
     shards = sorted(tmp_path.glob("*.tar"))
-    members = {p: tarfile.open(p).getmembers() for p in shards}
-    shard_of = {m.name.split(".")[0]: p for p, ms in members.items() for m in ms}
-    cfg = LoaderConfig(batch_size=1, shuffle_buffer=1)
-
-    it = iter(loader := VideoLoader(tmp_path, cfg))
+    shard_of = {m.name.split(".")[0]: p for p in shards for m in tarfile.open(p).getmembers()}
+    it = iter(loader := VideoLoader(tmp_path, LoaderConfig(batch_size=1, shuffle_buffer=1)))
     seen = next(it)["key"]
-    first = shard_of[seen[0]]
-    overwritten, truncated = [p for p in shards if p != first]
-    mp4s = [m for m in members[overwritten] if m.name.endswith(".mp4")]
-    with open(overwritten, "r+b") as f:  # garbage over the start of the 3rd sample's video
-        f.seek(mp4s[2].offset_data)
-        f.write(b"\xff" * 256)
-    cut = [m for m in members[truncated] if m.name.endswith(".mp4")][5]
-    os.truncate(truncated, cut.offset_data + cut.size // 2)  # ends inside its 6th video
+    lost = damage(*[p for p in shards if p != shard_of[seen[0]]])
     seen += [k for batch in it for k in batch["key"]]
-
-    lost = {mp4s[2].name.split(".")[0]} | {m.name.split(".")[0] for m in members[truncated] if m.offset >= cut.offset}
     assert sorted(seen) == sorted(set(shard_of) - lost)  # every whole sample, each once
     # the overwritten video does not decode; the cut video's sample arrives without it, and
     # webdataset's tar reader reports the cut (twice: the member, then the stream)
     assert loader.counts == {"unreadable": 1, "no_video": 1, "bad_tar": 2}, loader.counts
+
+
+def test_a_tokenizer_run_whose_shards_are_damaged_while_it_trains(dist, tmp_path, monkeypatch):
+    import dataclasses
+
+    import vidlm.data.loader as dl
+    from vidlm.data.synthetic import synth_shards
+    from vidlm.tokenizer import train as tt
+
+    from vidlm.config import load_yaml
+
+    synth_shards(tmp_path / "shards", 24, seed=3, shard_size=8, width=32, height=32, frames=9)
+    shards = sorted((tmp_path / "shards").glob("*.tar"))
+    done = []
+
+    class DamagedAfterOneBatch(dl.VideoLoader):
+        def __iter__(self):
+            for batch in super().__iter__():
+                yield batch
+                if not done:
+                    done.append(damage(*shards[1:]))
+
+    monkeypatch.setattr(dl, "VideoLoader", DamagedAfterOneBatch)
+    cfg = dataclasses.replace(load_yaml(tt.TrainConfig, REPO / "recipes/tokenizer/debug.yaml"), steps=12,
+                              log_every=4, val_every=100, ckpt_every=100)
+    last = tt.main(cfg, run_dir=str(tmp_path / "run"), data=str(tmp_path / "shards"))
+    assert done and last["step"] == 12 and last["skipped_samples"] > 0  # counted, and the run finished
