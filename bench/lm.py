@@ -188,7 +188,7 @@ def check_logits(model, hf, vocab, seq=64):
 
 def clip_seconds(repeats: int) -> float:
     """Seconds to generate a 17-frame 64x64 t2v clip with the demo presets (random weights)."""
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     gen = VideoGenerator.random("demo", tokenizer="demo")
     times = []

@@ -1,6 +1,7 @@
 """Aspect-ratio buckets: every batch holds clips of one (width, height, frames).
 
-Frame counts are 1 + 4k (the causal tokenizer codes the first frame alone, then groups of 4).
+Frame counts are 1 + f*k for the tokenizer's time factor f (the causal tokenizer codes the
+first frame alone, then groups of f): `check_frames` is that rule, for every caller.
 Sizes are multiples of `factor` (the tokenizer's spatial factor).
 """
 
@@ -27,12 +28,21 @@ class Bucket:
         return f"{self.width}x{self.height}x{self.frames}"
 
 
-def make_buckets(areas=(64 * 64,), frames=(17,), factor: int = 8, aspects=ASPECTS) -> list[Bucket]:
+def check_frames(frames: int, time_factor: int, what: str = "frames") -> int:
+    """`frames` if a tokenizer with this time factor can code that many frames (1 + f*k)."""
+    f = time_factor
+    if frames < 1 or (frames - 1) % f:
+        raise ValueError(f"{what} is {frames}; the tokenizer (time factor {f}) needs 1 + {f}k frames "
+                         f"(1, {1 + f}, {1 + 2 * f}, {1 + 3 * f}, ...)")
+    return frames
+
+
+def make_buckets(areas=(64 * 64,), frames=(17,), factor: int = 8, aspects=ASPECTS, time_factor: int = 4) -> list[Bucket]:
     """One bucket per (area, aspect, frames): width * height ~= area, width / height ~= aspect,
-    both multiples of `factor`. E.g. area 64*64 -> 64x64, 72x56 (4:3), 56x72, 80x56 (3:2)..."""
-    bad = [f for f in frames if f < 1 or (f - 1) % 4]
-    if bad:
-        raise ValueError(f"frame counts must be 1 + 4k (1, 5, 9, 13, 17, ...), got {bad}")
+    both multiples of `factor`, frames 1 + time_factor*k. E.g. area 64*64 -> 64x64, 72x56 (4:3),
+    56x72, 80x56 (3:2)..."""
+    for f in frames:
+        check_frames(f, time_factor, "a bucket's frame count")
     out = set()
     for area in areas:
         for a, b in aspects:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vidlm.cli import parse_size
+from vidlm.config import parse_size
 
 EPILOG = """examples:
   vidlm data synth --out shards/shapes --num 2000 --seed 0
@@ -15,7 +15,7 @@ EPILOG = """examples:
       --out shards/real --workers 2 --max-side 128
   vidlm data preview --shards shards/shapes --out preview.png --batches 2
   vidlm data train-text-tokenizer --shards shards/shapes --vocab-size 512 --out runs/text
-  vidlm data tokenize --help        (token shards; vidlm.lm.pretokenize)
+  vidlm data tokenize --help        (token shards; vidlm.pretokenize)
 """
 
 
@@ -103,18 +103,8 @@ def _preview(args) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "tokenize":  # owned by the LM: imported only when asked for
-        import importlib
-
-        try:
-            pretokenize = importlib.import_module("vidlm.lm.pretokenize")
-        except ModuleNotFoundError as e:
-            if e.name != "vidlm.lm.pretokenize":
-                raise
-            print("vidlm data tokenize: vidlm.lm.pretokenize is not available in this checkout",
-                  file=sys.stderr)
-            return 2
-        return pretokenize.main(argv[1:]) or 0
+    if argv and argv[0] == "tokenize":  # it needs the video tokenizer: a layer above data
+        raise SystemExit("vidlm data tokenize: run it as `vidlm data tokenize ...` (or `python -m vidlm.pretokenize`)")
     args = build_parser().parse_args(argv)
     if args.cmd == "synth":
         from .synthetic import synth_shards

@@ -35,13 +35,14 @@ Without it, each rank makes one pass over its split of the shards (world size 1 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+
+from vidlm.runtime import derive_seed
 
 from .buckets import Bucket, make_buckets, nearest_bucket, resize_crop
 from .video import VideoDecodeError, VideoInfo, is_video_name, max_start, read_clip
@@ -54,9 +55,11 @@ class LoaderConfig:
     areas: tuple[int, ...] = (64 * 64,)
     """Pixel areas of the buckets."""
     frames: tuple[int, ...] = (17,)
-    """Frame counts of the buckets (1 + 4k); a clip gets the longest that fits."""
+    """Frame counts of the buckets (1 + time_factor*k); a clip gets the longest that fits."""
     factor: int = 8
     """Bucket sides are multiples of this (the tokenizer's spatial factor)."""
+    time_factor: int = 4
+    """The tokenizer's time factor: frame counts are 1 + time_factor*k."""
     fps: float | None = 8.0
     """Sampling rate of the clips (None: each source's own rate)."""
     seed: int = 0
@@ -75,12 +78,6 @@ class LoaderConfig:
     """Clips shorter than the smallest bucket: "pad" (repeat the last frame) or "error" (skip)."""
     backend: str | None = None
     """Force "decord" or "pyav" (None: chosen per file)."""
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 class SkipCounter:
@@ -176,7 +173,7 @@ class _Stream(torch.utils.data.IterableDataset):
         import webdataset as wds
 
         cfg = self.cfg
-        buckets = make_buckets(cfg.areas, cfg.frames, cfg.factor)
+        buckets = make_buckets(cfg.areas, cfg.frames, cfg.factor, time_factor=cfg.time_factor)
         samples = wds.tarfile_to_samples(handler=counter)(self._shards(worker, workers))
         rng = random.Random(derive_seed(cfg.seed, self.epoch, self.rank, worker, "shuffle"))
         samples = wds.shuffle(cfg.shuffle_buffer, min(cfg.shuffle_buffer, 64), rng=rng)(samples)

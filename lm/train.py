@@ -122,8 +122,9 @@ class TrainConfig:
     threads: int = 0
     """torch threads per rank (0: torch's default)."""
     init_from: str | None = None
-    """Fine-tune: start from exported LM weights (a `vidlm lm export` folder, or a model folder
-    holding lm/) instead of a random init. Their architecture and vocab must be this run's."""
+    """Fine-tune: start from exported LM weights (a `vidlm lm export` folder, a model folder
+    holding lm/, or shipped weights by name) instead of a random init. Their architecture and
+    vocab must be this run's."""
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -163,20 +164,16 @@ class TaskStream:
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        from vidlm.data.loader import derive_seed
-
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "lm-order"))
+            g = torch.Generator().manual_seed(rt.derive_seed(self.seed, epoch, "lm-order"))
             self._perms = {epoch: torch.randperm(len(self.clips), generator=g)}
         return self._perms[epoch]
 
     def __call__(self, n: int):
         """(Sequence, task index in TASKS)."""
-        from vidlm.data.loader import derive_seed
-
         epoch, i = divmod(n, self.per_rank)
         clip = self.clips[int(self._perm(epoch)[self.rank + self.world * i])]
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.rank, n, "lm-task"))
+        g = torch.Generator().manual_seed(rt.derive_seed(self.seed, self.rank, n, "lm-task"))
         task = self.names[int(torch.multinomial(self.weights, 1, generator=g))]
         drop_text, drop_known = (torch.rand(2, generator=g) < torch.tensor(
             [self.cfg.p_drop_text, self.cfg.p_drop_known], dtype=torch.float32)).tolist()
@@ -266,12 +263,10 @@ def validate(engine, val_batches: list[dict], device) -> dict[str, float]:
 
 def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig) -> list[dict]:
     """Every task of every held-out clip, no drops, packed into micro batches."""
-    from vidlm.data.loader import derive_seed
-
     stream = []
     for i, clip in enumerate(clips):
         for task in TASKS:
-            g = torch.Generator().manual_seed(derive_seed(cfg.seed, i, task, "val"))
+            g = torch.Generator().manual_seed(rt.derive_seed(cfg.seed, i, task, "val"))
             if draw_task(task, clip.codes, clip.tails, clip.structure, torch.Generator().manual_seed(0)) is None:
                 continue
             stream.append(make_sequence(task, clip, vocab, g, False, False, cfg.row_len))
@@ -297,11 +292,11 @@ def lr_lambda(cfg: TrainConfig):
 def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None:
     """The folder `init_from` names, checked against this run's architecture and vocab (before
     anything is built: a wrong one is refused at once)."""
-    from vidlm.config import ConfigError, read_json, to_dict
+    from vidlm.config import ConfigError, read_json, resolve_weights, to_dict
 
     if cfg.init_from is None:
         return None
-    path = Path(cfg.init_from)
+    path = resolve_weights(cfg.init_from)
     path = path / "lm" if (path / "lm").is_dir() else path
     if not (path / "config.json").is_file():
         raise ConfigError(f"init_from: {cfg.init_from} holds no exported LM (config.json, model.safetensors); "
@@ -318,8 +313,9 @@ def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None
 
 
 def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str | None, init: Path | None = None):
-    from vidlm.config import load_weights
     from vidlm.lm.model import VideoLM
+
+    from vidlm.config import load_weights
 
     rt.seed_all(cfg.seed)  # the same initial weights on every rank
     model = VideoLM(lm_cfg)

@@ -1,13 +1,15 @@
 """`vidlm demo`: stage bookkeeping, the gallery, and the whole flow with the `debug` recipe."""
 
 import json
+from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
 import torch
-from vidlm.lm.pipeline import Generated
+import yaml
 
 from vidlm import demo
+from vidlm.pipeline import Generated
 
 TASKS = ("t2v", "t2i", "i2v", "extend-forward", "extend-backward", "connect", "loop", "edit", "long")
 
@@ -143,7 +145,7 @@ def test_edit_prompt_changes_the_colour():
 
 # ----------------------------------------------------------------------------- the whole flow
 def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     out = tmp_path / "demo"
     assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
@@ -175,15 +177,42 @@ def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
     for a, b in zip(gen.lm.parameters(), small.lm.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
+    # a second recipe reuses those weights: their tokenizer and text model copied, the LM
+    # fine-tuned from theirs (how recipes/demo/shapes-full-lm.yaml trains the shipped LM on)
+    on = tmp_path / "on.yaml"
+    on.write_text(yaml.safe_dump({**yaml.safe_load((demo.RECIPES / "demo" / "debug.yaml").read_text()),
+                                  "tokenizer_from": str(shipped), "lm_overrides": {"init_from": str(shipped)}}))
+    assert demo.main(["--recipe", str(on), "--out", str(tmp_path / "on")]) == 0
+    for part in ("tokenizer", "text"):
+        for f in (shipped / part).iterdir():
+            assert (tmp_path / "on" / "model" / part / f.name).read_bytes() == f.read_bytes()
 
-SHIPPED = demo.REPO / "vidlm" / "weights" / "shapes-demo"
+
+def test_a_time_factor_2_tokenizer_runs_the_whole_flow(tmp_path):
+    # tokenize, train, and generate every task (the gallery) with a tokenizer that codes frames
+    # in pairs: nothing downstream assumes the factor 4 of the debug preset.
+    from vidlm.pipeline import VideoGenerator
+
+    recipe = yaml.safe_load((demo.RECIPES / "demo" / "debug.yaml").read_text())
+    recipe.update(tokenizer_overrides={"model.time_factor": 2}, known_frames=3,  # 5 x 8 x 8 codes a clip
+                  lm_overrides={"model.max_seq_len": 768, "seq_len": 768})  # edit holds two clips
+    (tmp_path / "tf2.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "demo"
+    assert demo.main(["--recipe", str(tmp_path / "tf2.yaml"), "--out", str(out)]) == 0
+    assert VideoGenerator.from_pretrained(out / "model").tokenizer.factors == (2, 4)
+    for task in TASKS:
+        assert (out / "gallery" / f"{task}.{'png' if task == 't2i' else 'gif'}").stat().st_size > 0
+    assert iio.imread(out / "gallery" / "t2v.gif").shape == (9, 32, 32, 3)
+
+
+SHIPPED = Path(demo.__file__).parent / "weights" / "shapes-demo"
 
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped weights not built (vidlm demo --ship ...)")
 def test_shipped_weights_load_by_name_and_run_every_task():
     import dataclasses
 
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 25 * 2**20
@@ -210,9 +239,8 @@ SHIPPED_FLOORS = {"psnr": 29.0, "rec_colour": 0.8, "t2v_colour": 0.5}
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped weights not built (vidlm demo --ship ...)")
 def test_shipped_weights_simulate_the_shapes_world():
-    from vidlm.lm.pipeline import VideoGenerator
-
     from vidlm.evaluate import heldout_clips, psnr_ssim, verdict
+    from vidlm.pipeline import VideoGenerator
 
     gen = VideoGenerator.from_pretrained("shapes-demo")
     clips = heldout_clips(6, seed=0)

@@ -13,7 +13,7 @@ ONE_LINE = 1
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     torch.manual_seed(0)
     return VideoGenerator.random("debug", tokenizer="debug").save_pretrained(tmp_path_factory.mktemp("m") / "model")
@@ -51,7 +51,6 @@ def test_weights_that_do_not_load(model, tmp_path, capsys):
 
 def test_weights_of_another_architecture(model, tmp_path):
     from safetensors.torch import load_file, save_file
-
     from vidlm.lm.model import VideoLM
 
     other = tmp_path / "lm"

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from vidlm.lm.pipeline import Generated
 
 from vidlm.evaluate import EVAL_SEED_BASE, evaluate, heldout_clips, heldout_seed
+from vidlm.pipeline import Generated
 
 REQUIRED = ("tokenizer_psnr", "color_accuracy", "shape_accuracy", "t2i_accuracy", "i2v_identity", "forward_error_ratio",
             "backward_error_ratio", "connect_error_ratio", "identity", "loop_seam")
@@ -99,9 +99,8 @@ def test_the_copy_last_baseline_scores_one():
 
 
 def test_eval_world_cli_on_a_debug_model(tmp_path, capsys):
-    from vidlm.lm.pipeline import VideoGenerator
-
     from vidlm.evaluate import main
+    from vidlm.pipeline import VideoGenerator
 
     captions = [c for _, c, _ in heldout_clips(8, seed=9, width=16, height=16)]
     VideoGenerator.random("debug", tokenizer="debug", captions=captions).save_pretrained(tmp_path / "model")

@@ -217,13 +217,18 @@ def test_a_full_disk_during_a_save(dist, tokens, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- data
+def members(shard) -> list:
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        return tar.getmembers()
+
+
 def damage(overwritten, truncated) -> set[str]:
     """Garbage over the start of the 3rd video of one shard; the other cut inside its 6th video.
     Returns the keys of the samples that are no longer whole."""
-    import tarfile
-
     def videos(p):
-        return [m for m in tarfile.open(p).getmembers() if m.name.endswith(".mp4")]
+        return [m for m in members(p) if m.name.endswith(".mp4")]
 
     bad, cut = videos(overwritten)[2:3], videos(truncated)[5:]
     with open(overwritten, "r+b") as f:
@@ -236,14 +241,12 @@ def damage(overwritten, truncated) -> set[str]:
 def test_shards_damaged_in_the_middle_of_an_epoch(tmp_path):
     # Three shards; after the first batch, the two unread ones are damaged. The epoch runs to its
     # end, the damaged samples are skipped and counted by reason, and no good sample is lost.
-    import tarfile
-
     from vidlm.data.loader import LoaderConfig, VideoLoader
     from vidlm.data.synthetic import synth_shards
 
     synth_shards(tmp_path, 24, seed=3, shard_size=8)
     shards = sorted(tmp_path.glob("*.tar"))
-    shard_of = {m.name.split(".")[0]: p for p in shards for m in tarfile.open(p).getmembers()}
+    shard_of = {m.name.split(".")[0]: p for p in shards for m in members(p)}
     it = iter(loader := VideoLoader(tmp_path, LoaderConfig(batch_size=1, shuffle_buffer=1)))
     seen = next(it)["key"]
     lost = damage(*[p for p in shards if p != shard_of[seen[0]]])

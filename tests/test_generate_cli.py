@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from vidlm.lm.generate import main
+
+from vidlm.generate import main
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("model")

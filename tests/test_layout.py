@@ -37,3 +37,65 @@ def test_import_is_cheap():
     code = "import sys, vidlm.data.video, vidlm.data.loader; print('decord' in sys.modules, 'av' in sys.modules)"
     r = run(sys.executable, "-c", code)
     assert r.stdout.split() == ["False", "False"]
+
+
+LAYERS = {  # docs/ARCHITECTURE.md: each layer may import its own and those listed
+    "floor": {"floor"},
+    "data": {"floor", "data"},
+    "tokenizer": {"floor", "data", "tokenizer"},
+    "lm": {"floor", "data", "lm"},
+    "join": {"floor", "data", "tokenizer", "lm", "join"},
+    "cli": {"floor", "data", "tokenizer", "lm", "join", "cli"},
+}
+FLOOR = {"vidlm.errors", "vidlm.config", "vidlm.logging", "vidlm.runtime"}
+JOIN = {"vidlm.pipeline", "vidlm.pretokenize", "vidlm.demo", "vidlm.evaluate"}
+
+
+def layer(module: str) -> str | None:
+    if module in FLOOR:
+        return "floor"
+    if module in JOIN:
+        return "join"
+    if module == "vidlm.cli" or module.endswith(".cli") or module in ("vidlm.generate", "vidlm.bench", "vidlm.__main__"):
+        return "cli"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ("data", "tokenizer", "lm") else None
+
+
+def library_modules():
+    """(module name, path) of every library file, as installed (data/ -> vidlm.data, ...)."""
+    for folder, package in (("vidlm", "vidlm"), ("data", "vidlm.data"), ("tokenizer", "vidlm.tokenizer"), ("lm", "vidlm.lm")):
+        for path in sorted((REPO / folder).glob("*.py")):
+            yield (package if path.stem == "__init__" else f"{package}.{path.stem}"), path
+
+
+def imports_of(module: str, path: Path):
+    """Every vidlm module `path` imports, at the top or inside a function."""
+    import ast
+
+    package = module if path.stem == "__init__" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("vidlm"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base == "vidlm":  # from vidlm import runtime
+                yield from (f"vidlm.{a.name}" for a in node.names)
+            elif base.startswith("vidlm"):
+                yield base
+
+
+def test_imports_run_one_way():
+    wrong = []
+    for module, path in library_modules():
+        mine = layer(module)
+        if mine is None:
+            continue
+        for target in imports_of(module, path):
+            theirs = layer(target)
+            if theirs is not None and theirs not in LAYERS[mine]:
+                wrong.append(f"{module} ({mine}) imports {target} ({theirs})")
+    assert not wrong, "\n".join(wrong)
+    assert {layer(m) for m, _ in library_modules()} >= set(LAYERS)

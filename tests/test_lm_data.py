@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
-from vidlm.lm.pretokenize import main, tail_frames, tokenize_batch
 from vidlm.lm.tasks import structure_view
 from vidlm.lm.tokendata import TokenClip, pack, read_clips
 from vidlm.lm.vocab import Vocab
+
+from vidlm.pretokenize import main, tail_frames, tokenize_batch
 
 torch.set_num_threads(1)
 

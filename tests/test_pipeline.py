@@ -5,8 +5,9 @@ The README's video-level example (on the shipped weights) runs in tests/test_rea
 
 import pytest
 import torch
-from vidlm.lm.pipeline import VideoGenerator, seam_score
 from vidlm.lm.sample import ContextError
+
+from vidlm.pipeline import VideoGenerator, seam_score
 
 SIZE = (16, 16)
 
@@ -109,3 +110,39 @@ def test_seam_score():
     assert seam_score(ramp) == pytest.approx(8.0)  # the seam jumps 8 steps back
     up_down = torch.tensor([0.0, 1, 2, 3, 4, 3, 2, 1])[None, :, None, None].expand(3, 8, 4, 4) / 4
     assert seam_score(up_down) == pytest.approx(1.0)  # the seam is one more step of the same size
+
+
+DECODE_MEMORY = """
+import resource, sys, torch
+from vidlm.pipeline import VideoGenerator
+torch.set_num_threads(1)
+gen = VideoGenerator.random("debug", tokenizer="demo")
+t, chunked = int(sys.argv[1]), sys.argv[2] == "chunked"
+codes = torch.randint(0, gen.tokenizer.codebook_size, (t, 8, 8))
+decode = gen.decode if chunked else (lambda c: gen.tokenizer.decode(c[None])[0])
+decode(codes[:2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+video = decode(codes)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 - video.numel() * 4)
+"""
+
+
+def test_decoding_memory_stays_flat_in_the_video_length():
+    # Peak memory beyond the decoded video itself, in fresh processes (glibc's mmap threshold
+    # fixed so that freed blocks leave the resident set): the generator's chunked decode (what
+    # `long` and every task use) stays flat from 31 to 255 frames; a one-shot decode grows.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}
+
+    def extra(t, how):
+        out = subprocess.run([sys.executable, "-c", DECODE_MEMORY, str(t), how], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return int(out.split()[-1]) / 2**20
+
+    short, long = extra(16, "chunked"), extra(128, "chunked")
+    assert long < short + 16, f"chunked decode: {short:.1f} MB beyond the video at 31 frames, {long:.1f} at 255"
+    short, long = extra(16, "one-shot"), extra(64, "one-shot")
+    assert long > short + 50, f"one-shot: {short:.1f} -> {long:.1f} MB: the measurement must see growth"

@@ -206,7 +206,7 @@ def test_progress_bars_write_plain_lines_where_stderr_is_not_a_terminal(capsys):
     lines = text.splitlines()
     assert len(lines) <= 3 and "work" in lines[-1] and "5000/5000" in lines[-1]
     # every command's bars go through it: a generation logged to a file stays a few lines
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     VideoGenerator.random("debug", tokenizer="debug").t2v("a red circle", frames=5, size=(16, 16), progress=True)
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vidlm.cli import parse_size
+from vidlm.config import parse_size
 
 EPILOG = """examples:
   vidlm tokenizer train --config recipes/tokenizer/debug.yaml --run runs/tok-debug

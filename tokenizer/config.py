@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vidlm.data.buckets import check_frames
+
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerConfig:
@@ -174,7 +176,7 @@ class DataConfig:
     size: tuple[int, ...] = (64, 64)
     """Width, height of the synthesized clips; the bucket area is width*height."""
     frames: int = 17
-    """Frames per training clip (1 + 4k)."""
+    """Frames per training clip (1 + time_factor*k)."""
     fps: float = 8.0
     """Sampling rate of the clips."""
     epoch_batches: int = 100
@@ -252,13 +254,11 @@ class TrainConfig:
             raise ValueError(f"preset {self.preset!r} is not one of {sorted(PRESETS)}")
         if len(self.betas) != 2 or len(self.data.size) != 2:
             raise ValueError(f"betas and data.size take 2 values, got {list(self.betas)}, {list(self.data.size)}")
-        if (self.data.frames - 1) % 4:
-            raise ValueError(f"data.frames must be 1 + 4k, got {self.data.frames}")
         d = self.data
         if d.image_every < 0 or (d.image_every and not 1 <= d.image_batch_size <= self.micro_batch_size * d.frames):
             raise ValueError(f"data.image_every must be >= 0 and data.image_batch_size in [1, micro_batch_size x "
                              f"frames = {self.micro_batch_size * d.frames}], got {d.image_every}, {d.image_batch_size}")
-        self.tokenizer_config()  # model overrides are checked before training
+        check_frames(d.frames, self.tokenizer_config().time_factor, "data.frames")  # before training
 
     def tokenizer_config(self) -> TokenizerConfig:
         from vidlm.config import ConfigError, from_dict, to_dict

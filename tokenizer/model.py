@@ -1,7 +1,7 @@
 """The causal 3D VQGAN video tokenizer (MAGVIT-v2 style): video <-> integer codes.
 
     tok = VideoTokenizer(TokenizerConfig.from_name("demo"))
-    ids = tok.encode(video)      # (B,3,T,H,W) float in [-1,1], T = 1 + 4k -> (B, 1+k, H/8, W/8) int64
+    ids = tok.encode(video)      # (B,3,T,H,W) float in [-1,1], T = 1 + f*k -> (B, 1+k, H/8, W/8) int64 (time factor f)
     rec = tok.decode(ids)        # -> (B,3,T,H,W) float (about [-1,1]; clamp for display)
 
 Architecture: patchify, then conv blocks (causal conv -> per-frame GroupNorm -> SiLU) with
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from vidlm.data.buckets import check_frames
 
 from .config import TokenizerConfig
 
@@ -253,9 +254,7 @@ class VideoTokenizer(nn.Module):
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(T, H, W) pixels -> (t, h, w) codes; a clear error for sizes the model can't code."""
         tf, sf = self.factors
-        if frames < 1 or (frames - 1) % tf:
-            raise ValueError(f"video has {frames} frames; the tokenizer needs 1 + {tf}k "
-                             f"(1, {1 + tf}, {1 + 2 * tf}, ...): trim or pad the clip")
+        check_frames(frames, tf, "the video's frame count")
         if height % sf or width % sf or height < sf or width < sf:
             raise ValueError(f"video is {width}x{height}; width and height must be positive multiples "
                              f"of {sf} (resize or crop it, e.g. with vidlm.data.buckets.resize_crop)")
@@ -281,7 +280,7 @@ class VideoTokenizer(nn.Module):
         return self.decoder.head(feats), ids, aux, feats.detach()
 
     def encode(self, video: Tensor, cache: Cache | None = None) -> Tensor:
-        """video (B,C,T,H,W) float in [-1,1], T = 1 + 4k -> ids (B, 1+k, H/s, W/s) int64.
+        """video (B,C,T,H,W) float in [-1,1], T = 1 + f*k -> ids (B, 1+k, H/s, W/s) int64.
         With `cache` (streaming), calls after the first take 4k frames and return k latent frames."""
         if cache is None or not cache:
             self._check_video(video)
@@ -305,10 +304,18 @@ class VideoTokenizer(nn.Module):
 
     @torch.no_grad()
     def decode_chunked(self, ids: Tensor, chunk_latents: int = 4) -> Tensor:
-        """decode() of a long code grid in pieces of `chunk_latents` latent frames."""
+        """decode() of a long code grid in pieces of `chunk_latents` latent frames, written into
+        one output tensor: memory beyond the video is one chunk's, whatever the length."""
         cache: Cache = {}
-        out = [self.decode(ids[:, s: s + chunk_latents], cache) for s in range(0, ids.shape[1], chunk_latents)]
-        return torch.cat(out, 2)
+        out, at = None, 0
+        for s in range(0, ids.shape[1], chunk_latents):
+            piece = self.decode(ids[:, s: s + chunk_latents], cache)
+            if out is None:
+                b, c, _, h, w = piece.shape
+                out = piece.new_empty(b, c, 1 + self.cfg.time_factor * (ids.shape[1] - 1), h, w)
+            out[:, :, at: at + piece.shape[2]] = piece
+            at += piece.shape[2]
+        return out
 
     # ------------------------------------------------------------------------- weights
     def save_pretrained(self, out_dir) -> Path:

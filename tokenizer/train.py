@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vidlm import runtime as rt
-from vidlm.data.loader import derive_seed
+from vidlm.runtime import derive_seed
 
 from .config import TrainConfig
 from .discriminator import PatchDiscriminator3D
@@ -81,12 +81,12 @@ def resolve_shards(cfg: TrainConfig, data: str | None, run_dir: Path, dist) -> s
     return str(out)
 
 
-def build_loaders(cfg: TrainConfig, shards: str, dist, factor: int):
+def build_loaders(cfg: TrainConfig, shards: str, dist, factors: tuple[int, int]):
     from vidlm.data.loader import LoaderConfig, VideoLoader
 
     d = cfg.data
     base = LoaderConfig(batch_size=cfg.micro_batch_size, areas=(d.size[0] * d.size[1],), frames=(d.frames,),
-                        factor=factor, fps=d.fps, seed=cfg.seed, epoch_batches=d.epoch_batches,
+                        time_factor=factors[0], factor=factors[1], fps=d.fps, seed=cfg.seed, epoch_batches=d.epoch_batches,
                         num_workers=d.num_workers, require_caption=False)
     train = VideoLoader(shards, base, rank=dist.rank, world_size=dist.world_size)
     # The same clips on every rank: rank 0's resampled stream (a one-pass loader splits shards by
@@ -191,7 +191,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     ema = rt.EMA(gen, cfg.ema_decay)
     guard = rt.NonFiniteGuard(cfg.nonfinite_limit)
     losses = TokenizerLosses(cfg.loss, log=print if dist.is_main else (lambda *_: None))
-    loader, val = build_loaders(cfg, resolve_shards(cfg, data, run, dist), dist, gen.cfg.spatial_factor)
+    loader, val = build_loaders(cfg, resolve_shards(cfg, data, run, dist), dist, gen.factors)
     client = rt.load_checkpoint(run, engines)
     step = restore(client, loader, ema, losses, guard) if client else 0
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps

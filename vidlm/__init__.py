@@ -12,7 +12,7 @@ _EXPORTS = {
     "TokenizerConfig": "vidlm.tokenizer.config",
     "VideoLM": "vidlm.lm.model",
     "LMConfig": "vidlm.lm.config",
-    "VideoGenerator": "vidlm.lm.pipeline",
+    "VideoGenerator": "vidlm.pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,7 @@
     vidlm data ...        build, inspect and tokenize data sets        (vidlm.data.cli)
     vidlm tokenizer ...   train, evaluate and export the video tokenizer (vidlm.tokenizer.cli)
     vidlm lm ...          train and export the video LM                (vidlm.lm.cli)
-    vidlm generate ...    sample videos for a task                     (vidlm.lm.generate)
+    vidlm generate ...    sample videos for a task                     (vidlm.generate)
     vidlm demo            the end-to-end demo on the shapes world      (vidlm.demo)
     vidlm eval ...        world-simulation evaluation                  (vidlm.evaluate)
     vidlm bench ...       benchmarks (bench/)                          (vidlm.bench)
@@ -12,7 +12,6 @@ Every subcommand also runs as `python -m MODULE`. Errors a user can act on print
 exit 2 (`vidlm.errors`); `--debug` or VIDLM_DEBUG=1 shows the traceback.
 """
 
-import argparse
 import importlib
 import sys
 
@@ -22,20 +21,11 @@ COMMANDS = {
     "data": ("vidlm.data.cli", "build, inspect and tokenize data sets"),
     "tokenizer": ("vidlm.tokenizer.cli", "train, evaluate and export the video tokenizer"),
     "lm": ("vidlm.lm.cli", "train and export the video LM"),
-    "generate": ("vidlm.lm.generate", "generate videos: t2v, t2i, i2v, extend, connect, loop, edit, long"),
+    "generate": ("vidlm.generate", "generate videos: t2v, t2i, i2v, extend, connect, loop, edit, long"),
     "demo": ("vidlm.demo", "end-to-end demo on the shapes world"),
     "eval": ("vidlm.evaluate", "world-simulation evaluation"),
     "bench": ("vidlm.bench", "benchmarks of a source checkout (bench/)"),
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """argparse type of every --size: "WIDTHxHEIGHT" -> (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
-    return w, h
 
 
 def usage() -> str:
@@ -53,8 +43,10 @@ def main(argv=None) -> int:
     if name not in COMMANDS:
         print(f"vidlm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return run(module.main, f"vidlm {name}", rest)
+    module = COMMANDS[name][0]
+    if name == "data" and rest[:1] == ["tokenize"]:  # codes from the tokenizer: a layer above data
+        module, name, rest = "vidlm.pretokenize", "data tokenize", rest[1:]
+    return run(importlib.import_module(module).main, f"vidlm {name}", rest)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Unknown keys and wrong types are refused with an error naming the key, the file 
 allowed, so a bad config fails before any training starts.
 """
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -155,3 +156,29 @@ def load_weights(model, weights: Path, config: Path, export: str, device="cpu"):
         raise ConfigError(f"{weights} does not match the architecture in {config}: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}")
     return model
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A folder path, or the name of weights shipped inside the package (e.g. "shapes-demo")."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    shipped = Path(__file__).resolve().parent / "weights" / str(path)
+    if shipped.is_dir():
+        return shipped
+    if len(path.parts) == 1 and not path.suffix:
+        raise FileNotFoundError(
+            f"no weights named {str(path)!r}: not a folder here and not shipped at {shipped}; "
+            f"pass a folder holding tokenizer/, text/ and lm/ (as written by `vidlm tokenizer "
+            f"export` and `vidlm lm export`), or build the demo weights with `vidlm demo`"
+        )
+    raise FileNotFoundError(f"model folder {path} does not exist")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type of every --size: "WIDTHxHEIGHT" -> (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
+    return w, h

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib.resources
 import json
 import shutil
 import sys
@@ -26,8 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "recipes"
+RECIPES = Path(str(importlib.resources.files("vidlm.recipes")))  # installed with the package
+
+
+def recipe_file(name: str) -> Path:
+    """A recipe path as recipes name each other ("recipes/lm/demo.yaml": inside the installed
+    recipes), or any other path as given."""
+    path = Path(name)
+    if not path.is_absolute() and path.parts[:1] == ("recipes",):
+        return RECIPES.joinpath(*path.parts[1:])
+    return path
 STAGES = ("data", "text", "tokenizer", "tokens", "lm", "gallery")
 
 EXAMPLES = """\
@@ -54,7 +63,7 @@ class DemoConfig:
     size: tuple[int, ...] = (64, 64)
     """Width, height of the synthesized clips and of the gallery."""
     frames: int = 17
-    """Frames per clip (1 + 4k)."""
+    """Frames per clip (1 + time_factor*k for the recipe's tokenizer)."""
     fps: float = 8.0
     """Frame rate of clips and GIFs."""
     text_vocab_size: int = 256
@@ -71,7 +80,7 @@ class DemoConfig:
     lm_overrides: dict[str, Any] = field(default_factory=dict)
     """Keys of the LM recipe replaced for the demo."""
     known_frames: int = 5
-    """Frames given to extend / connect (1 + 4k)."""
+    """Frames given to extend / connect (1 + time_factor*k)."""
     long_seconds: float = 4.0
     """Duration of the `long` gallery entry."""
     temperature: float = 1.0
@@ -84,9 +93,8 @@ class DemoConfig:
     def __post_init__(self):
         if len(self.size) != 2 or min(self.size) <= 0:
             raise ValueError(f"size must be [width, height], got {list(self.size)}")
-        for name in ("frames", "known_frames"):
-            if (getattr(self, name) - 1) % 4:
-                raise ValueError(f"{name} must be 1 + 4k (5, 9, 17, ...), got {getattr(self, name)}")
+        if not 1 <= self.known_frames < self.frames:
+            raise ValueError(f"known_frames must be in [1, frames), got {self.known_frames} of {self.frames}")
 
 
 def load_config(path: Path) -> DemoConfig:
@@ -122,13 +130,13 @@ class Run:
         return json.loads(self.marker(name).read_text())["seconds"] if self.done(name) else None
 
 
-def derive_config(recipe: str, overrides: dict[str, Any], out: Path) -> Path:
-    """The recipe YAML with `overrides` applied (dotted keys reach nested sections), at `out`."""
+def derived(recipe: str, overrides: dict[str, Any]) -> dict:
+    """The recipe YAML with `overrides` applied (dotted keys reach nested sections)."""
     import yaml
 
-    src = Path(recipe) if Path(recipe).is_absolute() else REPO / recipe
+    src = recipe_file(recipe)
     if not src.is_file():
-        raise FileNotFoundError(f"demo: recipe {src} not found (the demo runs from a clone of the repo)")
+        raise FileNotFoundError(f"demo: recipe {src} not found")
     data = yaml.safe_load(src.read_text()) or {}
     for key, value in overrides.items():
         parts = key.split(".")
@@ -136,13 +144,41 @@ def derive_config(recipe: str, overrides: dict[str, Any], out: Path) -> Path:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
+    return data
+
+
+def derive_config(recipe: str, overrides: dict[str, Any], out: Path) -> Path:
+    """`derived(recipe, overrides)` written to `out` (the config a stage trains with)."""
+    import yaml
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# derived by `vidlm demo` from {recipe}\n" + yaml.safe_dump(data, sort_keys=False))
+    out.write_text(f"# derived by `vidlm demo` from {recipe}\n" + yaml.safe_dump(derived(recipe, overrides), sort_keys=False))
     return out
 
 
+def time_factor(cfg: DemoConfig) -> int:
+    """The time factor of the video tokenizer the recipe trains (or copies with tokenizer_from)."""
+    from vidlm.config import from_dict, read_json, resolve_weights
+    from vidlm.tokenizer.config import TokenizerConfig, TrainConfig
+
+    if cfg.tokenizer_from:
+        path = resolve_weights(cfg.tokenizer_from) / "tokenizer" / "config.json"
+        return from_dict(TokenizerConfig, read_json(path)["config"], where=str(path)).time_factor
+    data = derived(cfg.tokenizer_recipe, cfg.tokenizer_overrides)
+    return from_dict(TrainConfig, data, where=cfg.tokenizer_recipe).tokenizer_config().time_factor
+
+
+def check_recipe_frames(cfg: DemoConfig) -> None:
+    """frames and known_frames against the tokenizer's time factor, before any stage runs."""
+    from vidlm.data.buckets import check_frames
+
+    tf = time_factor(cfg)
+    check_frames(cfg.frames, tf, "frames")
+    check_frames(cfg.known_frames, tf, "known_frames")
+
+
 COMMANDS = {"vidlm.data.cli": "vidlm data", "vidlm.tokenizer.cli": "vidlm tokenizer", "vidlm.lm.cli": "vidlm lm",
-            "vidlm.lm.pretokenize": "vidlm data tokenize"}
+            "vidlm.pretokenize": "vidlm data tokenize"}
 
 
 def call(module: str, argv: list[str]) -> None:
@@ -179,7 +215,7 @@ def stage_data(run: Run) -> dict:
 
 def copy_part(run: Run, part: str) -> dict:
     """OUT/model/PART from the `tokenizer_from` weights instead of training it."""
-    from vidlm.lm.pipeline import resolve_weights
+    from vidlm.config import resolve_weights
 
     src = resolve_weights(run.cfg.tokenizer_from) / part
     shutil.rmtree(run.model / part, ignore_errors=True)
@@ -212,9 +248,9 @@ def stage_tokens(run: Run) -> dict:
     w, h = run.cfg.size
     # Stand-alone tails of every length up to the gallery's (and `eval world`'s) known segments:
     # extend-backward and connect are trained on exactly the tails they are given at inference.
-    tf = json.loads((run.model / "tokenizer" / "config.json").read_text())["config"]["time_factor"]
+    tf = time_factor(run.cfg)
     tails = [str(j) for j in range(1, 2 + (run.cfg.known_frames - 1) // tf)]
-    call("vidlm.lm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
+    call("vidlm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
                                   "--shards", str(run.shards), "--out", str(tokens), "--frames",
                                   str(run.cfg.frames), "--area", str(w * h), "--fps", str(run.cfg.fps),
                                   "--tails", *tails])
@@ -232,7 +268,7 @@ def stage_lm(run: Run) -> dict:
 
 
 def stage_gallery(run: Run) -> dict:
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     model = "shapes-demo" if run.args.pretrained else run.model
     try:
@@ -305,8 +341,8 @@ def edited_caption(caption: str) -> str:
 
 def generate_all(gen, cfg: DemoConfig, sources: list[tuple], *, seed: int = 0, progress: bool = True) -> list[Entry]:
     """Every task once, conditioned on `sources` (9 clips with captions)."""
-    from vidlm.lm.pipeline import seam_score
     from vidlm.logging import progress_bar
+    from vidlm.pipeline import seam_score
 
     k, T, size = cfg.known_frames, cfg.frames, cfg.size
     opts = dict(seed=seed, temperature=cfg.temperature, top_k=cfg.top_k, cfg_text=cfg.cfg_text)
@@ -429,7 +465,8 @@ def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
     state = load_file(str(weights))
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(weights))
     stages = {n: run.seconds(n) for n in STAGES if run.done(n)}
-    rel = recipe.resolve().relative_to(REPO) if recipe.resolve().is_relative_to(REPO) else recipe
+    home = RECIPES.resolve().parent
+    rel = recipe.resolve().relative_to(home) if recipe.resolve().is_relative_to(home) else recipe
     info = {"made_by": f"vidlm demo --recipe {rel} --out {run.out} --ship {dest}", "recipe": str(rel),
             "stage_seconds": stages, "lm_weights_dtype": "float16",
             "bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())}
@@ -495,6 +532,7 @@ def main(argv=None) -> int:
     out = args.out or Path("runs") / ("demo-pretrained" if args.pretrained else "demo-real" if args.videos else "demo")
     run = Run(out, cfg, args)
     check_same_recipe(run, recipe)
+    check_recipe_frames(cfg)
     if args.redo:
         for name in STAGES[STAGES.index(args.redo):]:
             run.marker(name).unlink(missing_ok=True)

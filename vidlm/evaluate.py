@@ -14,7 +14,7 @@ On held-out shapes-world clips (seeds that training never sees, see `heldout_see
 - t2i: the fraction of images whose detected object has the caption's colour and shape
   (`t2i_accuracy`); i2v: the fraction of generated frames (after the given first frame) in which
   the given object is found, colour and shape (`i2v_identity`);
-- loop: the seam score of `vidlm generate loop` (`vidlm.lm.pipeline.seam_score`, 1.0 = the seam
+- loop: the seam score of `vidlm generate loop` (`vidlm.pipeline.seam_score`, 1.0 = the seam
   looks like any other frame step).
 
 The world-model metrics use clips with one object and no occluding bar, so that "the object"
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidlm.cli import parse_size
+from vidlm.config import parse_size
 
 EVAL_SEED_BASE = 2**32
 """Held-out clip seeds start here. Training clips come from `synth_shards`, whose clip seeds are
@@ -173,7 +173,7 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
     """Every measurement on one held-out clip: {name: [values]} (errors per generated frame)."""
     import torch
 
-    from vidlm.lm.pipeline import seam_score
+    from vidlm.pipeline import seam_score
 
     obj, bg = world["objects"][0], world["background"]
     path = [tuple(c) for c in obj["centres"]]
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.num < 1:
         raise SystemExit("vidlm eval world: --num must be at least 1")
-    from vidlm.lm.pipeline import VideoGenerator
+    from vidlm.pipeline import VideoGenerator
 
     gen = VideoGenerator.from_pretrained(args.model, device=args.device)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, cfg_text=args.cfg_text,

@@ -42,6 +42,7 @@ Not guaranteed: bitwise equality across different hardware, thread counts or lib
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -162,6 +163,12 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="DeepSpeed JSON with engine sections only, e.g. recipes/deepspeed/zero2.json "
                              "(default: ZeRO stage 0); batch sizes, clipping and precision come from --config")
     return parser
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def seed_all(seed: int, rank: int = 0) -> None:

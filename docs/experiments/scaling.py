@@ -89,9 +89,9 @@ def main(argv=None) -> int:
     p.add_argument("--cfg-text", type=float, default=1.0, help="text guidance of every sample")
     a = p.parse_args(argv)
     from PIL import Image
-    from vidlm.lm.pipeline import VideoGenerator
 
     from vidlm.evaluate import evaluate, heldout_clips
+    from vidlm.pipeline import VideoGenerator
 
     a.out.mkdir(parents=True, exist_ok=True)
     minutes = lm_minutes(a.run)

@@ -20,8 +20,9 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from vidlm.lm.sample import CFG, ContextError, stream
 
+from vidlm.config import resolve_weights
+from vidlm.lm.sample import CFG, ContextError, stream
 from vidlm.logging import progress_bar
 
 
@@ -43,25 +44,6 @@ def seam_score(video: Tensor) -> float:
     steps = (video[:, 1:] - video[:, :-1]).abs().mean()
     seam = (video[:, 0] - video[:, -1]).abs().mean()
     return float(seam / steps.clamp_min(1e-8))
-
-
-def resolve_weights(path: str | Path) -> Path:
-    """A folder path, or the name of weights shipped inside the package (e.g. "shapes-demo")."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    import vidlm
-
-    shipped = Path(vidlm.__file__).resolve().parent / "weights" / str(path)
-    if shipped.is_dir():
-        return shipped
-    if len(path.parts) == 1 and not path.suffix:
-        raise FileNotFoundError(
-            f"no weights named {str(path)!r}: not a folder here and not shipped at {shipped}; "
-            f"pass a folder holding tokenizer/, text/ and lm/ (as written by `vidlm tokenizer "
-            f"export` and `vidlm lm export`), or build the demo weights with `vidlm demo`"
-        )
-    raise FileNotFoundError(f"model folder {path} does not exist")
 
 
 def place(grid: Tensor, coords: Tensor, codes: Tensor) -> None:
@@ -168,12 +150,14 @@ class VideoGenerator:
             video = video[:, None]
         self.latent_frames(video.shape[1])
         self.latent_size((video.shape[3], video.shape[2]))
-        return self.tokenizer.encode(video[None].to(self.device).float())[0]
+        return self.tokenizer.encode_chunked(video[None].to(self.device).float())[0]
 
     @torch.inference_mode()
     def decode(self, codes: Tensor) -> Tensor:
-        """codes (t,h,w) -> video (C,T,H,W) in [-1,1]."""
-        return self.tokenizer.decode(codes[None].to(self.device))[0].clamp(-1, 1)
+        """codes (t,h,w) -> video (C,T,H,W) in [-1,1]. Both directions run in chunks of a few
+        latent frames with the causal cache: peak memory does not grow with the video's length
+        (beyond the video itself), which is what lets `long` run for minutes of video."""
+        return self.tokenizer.decode_chunked(codes[None].to(self.device))[0].clamp_(-1, 1)
 
     # ------------------------------------------------------------------------------ core
     def _prompts(self, task: str, grid, text: str | None, known: list):
@@ -269,7 +253,7 @@ class VideoGenerator:
 
     # ------------------------------------------------------------------------------ tasks
     def t2v(self, text: str, frames: int = 17, size: tuple[int, int] = (64, 64), **opts) -> Generated:
-        """Text to video: `frames` (1 + 4k) frames at size (W, H)."""
+        """Text to video: `frames` (1 + time_factor*k) frames at size (W, H)."""
         return self._run("t2v", frames, size, text, [], "t2v", **opts)
 
     def t2i(self, text: str, size: tuple[int, int] = (64, 64), **opts) -> Generated:

@@ -53,7 +53,6 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
     from vidlm.data.loader import LoaderConfig, VideoLoader
     from vidlm.lm.tokendata import ShardWriter, TokenClip
     from vidlm.lm.vocab import Vocab
-
     from vidlm.logging import progress_bar
 
     tokenizer.eval()
@@ -61,7 +60,8 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
     text_size = text_tokenizer.vocab_size if text_tokenizer is not None else 1
     vocab = Vocab(text_size=int(text_size), code_size=int(tokenizer.codebook_size))
     # batch size 1 in the loader (it drops a bucket's last partial batch); batches are made here
-    cfg = LoaderConfig(batch_size=1, frames=tuple(frames), areas=(area,), factor=tokenizer.factors[1],
+    cfg = LoaderConfig(batch_size=1, frames=tuple(frames), areas=(area,), time_factor=tokenizer.factors[0],
+                       factor=tokenizer.factors[1],
                        fps=fps, train=False, require_caption=False, shuffle_buffer=1)
     loader = VideoLoader(shards, cfg)
     out = Path(out_dir)

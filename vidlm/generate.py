@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vidlm.cli import parse_size
+from vidlm.config import parse_size
 
 TASKS = ("t2v", "t2i", "i2v", "extend", "connect", "loop", "edit", "long")
 
@@ -60,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_input(path: str, frames: int | None, fps: float, size: tuple[int, int] | None):
-    """An image (C,H,W) or a video (C,T,H,W) in [-1,1], resized/cropped to `size` if given."""
+def read_input(path: str, frames: int | None, fps: float, size: tuple[int, int] | None, time_factor: int):
+    """An image (C,H,W) or a video (C,T,H,W) in [-1,1], resized/cropped to `size` if given;
+    without `frames`, the most the tokenizer codes (1 + time_factor*k) up to 9."""
     import torch
+
     from vidlm.data.buckets import Bucket, resize_crop
     from vidlm.data.video import probe, read_clip
 
@@ -76,7 +78,7 @@ def read_input(path: str, frames: int | None, fps: float, size: tuple[int, int] 
     else:
         if frames is None:
             available = probe(path).frames
-            frames = 1 + 4 * max(0, min(available - 1, 8) // 4)
+            frames = 1 + time_factor * max(0, min(available - 1, 8) // time_factor)
         video = read_clip(path, frames, fps=fps)
     if size is not None and (video.shape[-1], video.shape[-2]) != tuple(size):
         video = resize_crop(video, Bucket(width=size[0], height=size[1], frames=video.shape[1]), None)
@@ -137,11 +139,11 @@ def main(argv=None) -> int:
         wanted = need if need is not None else "at most 1"
         raise SystemExit(f"vidlm generate {args.task}: takes {wanted} --input file(s), got {len(args.input)}")
     from vidlm.data.video import write_video
-    from vidlm.lm.pipeline import VideoGenerator, seam_score
+    from vidlm.pipeline import VideoGenerator, seam_score
 
     try:
         gen = VideoGenerator.from_pretrained(args.model, tokenizer=args.tokenizer, lm=args.lm, device=args.device)
-        inputs = [read_input(p, args.input_frames, args.fps, args.size) for p in args.input]
+        inputs = [read_input(p, args.input_frames, args.fps, args.size, gen.time_factor) for p in args.input]
         video, shown = run_task(gen, args, inputs)
     except (FileNotFoundError, ValueError) as e:  # bad paths, sizes, lengths, too long for the context
         print(f"vidlm generate {args.task}: {e}", file=sys.stderr)
