@@ -1,6 +1,6 @@
 """Decoding and writing video: decord by default, PyAV as the fallback, one function chooses.
 
-Facts this module is built on (NOTES.md, checked on the files in ../shared/data/real):
+Facts this module is built on (checked on real phone and camera clips):
 - decord 0.6 can't open raw H.264 elementary streams, Theora (.ogv) or AV1, and mis-decodes
   videos rotated by 90 degrees (4-channel frames, then a crash); PyAV reads all of them.
 - Some streams (imageio_cockatoo.mp4, H.264 4:4:4) decode garbage when the first decoded frame
@@ -290,7 +290,7 @@ def read_clip(source, num_frames: int, fps: float | None = None, start_s: float 
 
 
 # ----------------------------------------------------------------------------- writing
-def _to_uint8_thwc(video) -> np.ndarray:
+def to_uint8(video) -> np.ndarray:
     """(C,T,H,W) float in [-1,1] / (T,H,W,C) uint8 (numpy or torch), or one frame
     ((C,H,W) float / (H,W,C) uint8) -> (T, H, W, 3) uint8."""
     if isinstance(video, torch.Tensor):
@@ -386,7 +386,7 @@ def write_video(path, video, fps: float, *, crf: int = 18) -> Path:
     .png (one frame, or a horizontal strip of all frames). video: (C,T,H,W) float in [-1,1] or
     (T,H,W,C) uint8."""
     path = Path(path)
-    frames = _to_uint8_thwc(video)
+    frames = to_uint8(video)
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".mp4":

@@ -23,7 +23,7 @@ attention rotates queries and keys by 3D RoPE (M-RoPE):
 
 The KV cache stores keys already rotated, with the doc id of every cached token, so a sliding
 window (`keep_last`) drops old tokens without recomputing anything.
-This module never imports the video tokenizer (DESIGN §1).
+This module never imports the video tokenizer (docs/ARCHITECTURE.md: lm/ knows only codes).
 """
 
 from __future__ import annotations

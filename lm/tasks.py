@@ -15,7 +15,7 @@ Interface (what the sampler and the pipeline rely on):
 - `structure_view(video)` is the edit signal's pixels (defined below); encode it with the video
   tokenizer for the known codes of `edit` (start None).
 
-Grammar (DESIGN §4), one sequence per clip:
+Grammar, one sequence per clip:
 
     <bos> <task:X> <t=T> <h=H> <w=W> [<text> pieces </text>] [<known> codes]* <gen> codes <eos>
 

@@ -23,7 +23,6 @@ Logs (rank 0): tqdm, TensorBoard + metrics.jsonl: loss, loss/<task>, lr, tokens_
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -279,16 +278,6 @@ def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig) -> lis
 
 
 # ----------------------------------------------------------------------------- engine
-def lr_lambda(cfg: TrainConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
 def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None:
     """The folder `init_from` names, checked against this run's architecture and vocab (before
     anything is built: a wrong one is refused at once)."""
@@ -325,7 +314,7 @@ def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str |
     other = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rt.warmup_cosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
     ds = rt.deepspeed_config(deepspeed_json, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                              grad_clip=cfg.grad_clip, precision=cfg.precision, world_size=dist.world_size)
     return rt.build_engine(model, opt, sched, ds)
@@ -459,16 +448,7 @@ def export(run_dir, out_dir, *, step: int | None = None) -> Path:
         step_dir = rt.step_dir_at(run, step)
     lm_cfg = from_dict(LMConfig, json.loads((run / "lm.json").read_text()), where=str(run / "lm.json"))
     vocab = Vocab.from_pretrained(run)
-    meta = json.loads((step_dir / "meta.json").read_text())
-    if meta.get("zero_stages", {}).get("model", 0) > 0:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag="model")
-    else:
-        files = sorted((step_dir / "model").glob("*model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"no model states in {step_dir / 'model'}")
-        state = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
     model = VideoLM(lm_cfg)
+    state = rt.saved_weights(step_dir, "model")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.save_pretrained(out_dir, vocab=vocab)

@@ -104,10 +104,6 @@ class Vocab:
         return MARKERS.index(name)
 
     @property
-    def pad(self) -> int:
-        return self.special("<pad>")
-
-    @property
     def bos(self) -> int:
         return self.special("<bos>")
 
@@ -138,10 +134,6 @@ class Vocab:
             raise ValueError(f"text piece ids {bad[:5]} are outside 0..{self.text_size - 1}: the caption was "
                              "encoded with another text tokenizer than this vocabulary's")
         return [self.n_special + p for p in pieces]
-
-    def ids_to_text(self, ids) -> list[int]:
-        lo, hi = self.text_range
-        return [int(i) - lo for i in ids if lo <= int(i) < hi]
 
     def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:
         """Tokenizer codes (any shape) -> LM ids (same shape, int64)."""

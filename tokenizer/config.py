@@ -225,7 +225,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup: int = 50
-    """Linear warm-up steps (then cosine to 10% of the peak)."""
+    """Linear warm-up steps (then a cosine to lr * min_lr_ratio at the last step)."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio at the last step."""
     grad_clip: float = 1.0
     """Gradient clipping (0 = off)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -16,7 +16,6 @@ over the steps since the last log, those of image steps named image_*:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,18 +34,6 @@ from .model import VideoTokenizer
 ENGINES = ("generator", "discriminator")
 
 
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up, then cosine to 10% of the peak at cfg.steps."""
-
-    def f(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
-
-
 def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None):
     rt.seed_all(cfg.seed)  # identical initial weights on every rank
     gen = VideoTokenizer(cfg.tokenizer_config())
@@ -57,7 +44,7 @@ def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None):
         raise ValueError("the tokenizer trainer keeps an EMA of whole generator weights: use ZeRO stage 0-2 "
                          "(recipes/deepspeed/zero2.json); the models are small enough not to need ZeRO-3")
     opt_g = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, rt.warmup_cosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rt.seed_all(cfg.seed, dist.rank)
     return {"generator": rt.build_engine(gen, opt_g, sched, ds), "discriminator": rt.build_engine(disc, opt_d, None, ds)}
@@ -260,17 +247,9 @@ def export(run_dir, out_dir, *, raw: bool = False) -> Path:
     cfg = from_dict(TokenizerConfig, json.loads((run / "tokenizer.json").read_text()), where=str(run / "tokenizer.json"))
     model = VideoTokenizer(cfg)
     if raw:
-        files = sorted((step_dir / "generator").glob("*model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"no generator model states in {step_dir / 'generator'}")
-        state = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
-        model.load_state_dict(state)
+        model.load_state_dict({k: v.float() for k, v in rt.saved_weights(step_dir, "generator").items()})
     else:
-        ema = torch.load(step_dir / "rank-0.pt", map_location="cpu", weights_only=True)["client_state"]["ema"]
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(ema["shadow"][n])
-            for n, b in model.named_buffers():
-                if n in ema["buffers"]:
-                    b.copy_(ema["buffers"][n])
+        ema = rt.EMA(model)
+        ema.load_state_dict(torch.load(step_dir / "rank-0.pt", map_location="cpu", weights_only=True)["client_state"]["ema"])
+        ema.copy_to(model)
     return model.save_pretrained(out_dir)

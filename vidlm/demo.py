@@ -378,7 +378,7 @@ def contact_sheet(entries: list[Entry], *, columns: int = 9):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from vidlm.evaluate import to_uint8
+    from vidlm.data.video import to_uint8
 
     h, w = entries[0].output.shape[-2:]
     label_w, gap = 112, 6

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from vidlm.config import parse_size
+from vidlm.data.video import to_uint8
 
 EVAL_SEED_BASE = 2**32
 """Held-out clip seeds start here. Training clips come from `synth_shards`, whose clip seeds are
@@ -94,12 +95,6 @@ def to_tensor(video_u8: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(video_u8)).permute(3, 0, 1, 2).float() / 127.5 - 1
-
-
-def to_uint8(video) -> np.ndarray:
-    """(C,T,H,W) float in [-1,1] -> (T,H,W,3) uint8."""
-    v = ((video.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return v.permute(1, 2, 3, 0).numpy()
 
 
 # ----------------------------------------------------------------------------- detection

@@ -6,7 +6,7 @@
     video, codes = gen.t2v("a red circle moves right", frames=17, size=(64, 64), seed=0)
     # video (C,T,H,W) float in [-1,1], codes (t,h,w) int64
 
-Every task is "some frames are known, generate the rest" (DESIGN §4): a method encodes the
+Every task is "some frames are known, generate the rest" (vidlm.lm.tasks): a method encodes the
 known frames with the video tokenizer, renders the task's prompt (`vidlm.lm.tasks`), samples
 the missing codes (`vidlm.lm.sample`, with text / visual guidance as stacked CFG rows), puts
 known and generated codes into one (t,h,w) grid, and decodes it. Known codes come back

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -169,6 +170,19 @@ def derive_seed(*parts) -> int:
     """A 63-bit seed from any parts (stable across processes and Python versions)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def warmup_cosine(warmup: int, steps: int, min_ratio: float):
+    """LR multiplier per step: linear warm-up over `warmup` steps, then a cosine from 1 down to
+    `min_ratio` at `steps` (LambdaLR's function; both trainers use it)."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
 
 
 def seed_all(seed: int, rank: int = 0) -> None:
@@ -462,6 +476,22 @@ def load_checkpoint(run_dir: str | os.PathLike, engines: dict) -> dict | None:
     _set_rng_state(mine["rng"])
     _barrier()
     return mine["client_state"]
+
+
+def saved_weights(step_dir: Path, engine: str) -> dict:
+    """The module weights engine `engine` saved in `step_dir` (a checkpoint `latest` has reached):
+    DeepSpeed's model file without ZeRO (read with weights_only=True), the fp32 master weights
+    gathered from every rank's optimizer partition under ZeRO 1-3. What both trainers' `export`
+    write from."""
+    meta = json.loads((step_dir / "meta.json").read_text())
+    if meta.get("zero_stages", {}).get(engine, 0) > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=engine)
+    files = sorted((step_dir / engine).glob("*model_states.pt"))
+    if not files:
+        raise CheckpointError(f"no {engine} weights in {step_dir / engine}: the checkpoint is damaged")
+    return torch.load(files[0], map_location="cpu", weights_only=True)["module"]
 
 
 # ----------------------------------------------------------------------------- training helpers
