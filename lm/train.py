@@ -36,6 +36,7 @@ from vidlm.lm.tasks import TASKS, draw_task, render_train
 from vidlm.lm.tokendata import TokenClip, pack, read_clips
 from vidlm.lm.vocab import Vocab
 
+from vidlm import checkpoint as ckpt
 from vidlm import runtime as rt
 
 DEFAULT_TASKS = {"t2v": 0.25, "t2i": 0.05, "i2v": 0.1, "extend-forward": 0.15, "extend-backward": 0.1,
@@ -364,7 +365,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
         write_run_info(run, cfg, lm_cfg, vocab)
     engine = build_engine(cfg, lm_cfg, dist, deepspeed, init)
     guard = rt.NonFiniteGuard(cfg.nonfinite_limit)
-    client = rt.load_checkpoint(run, {"model": engine})
+    client = ckpt.load_checkpoint(run, {"model": engine})
     step, cursor = (int(client["step"]), int(client["cursor"])) if client else (0, 0)
     if client:
         guard.load_state_dict(client["guard"])
@@ -421,7 +422,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             window.clear()
             tick, tokens = time.time(), 0
         if step % cfg.ckpt_every == 0 or step == end:
-            rt.save_checkpoint(run, step, {"model": engine},
+            ckpt.save_checkpoint(run, step, {"model": engine},
                                {"step": step, "cursor": cursor, "guard": guard.state_dict()}, keep_last=cfg.keep_last)
     logger.close()
     return {"losses": losses, "first_step": first_step, "last": last}
@@ -441,14 +442,14 @@ def export(run_dir, out_dir, *, step: int | None = None) -> Path:
     from vidlm.config import from_dict
 
     run = Path(run_dir)
-    step_dir = rt.latest_step_dir(run)
+    step_dir = ckpt.latest_step_dir(run)
     if step_dir is None:
         raise FileNotFoundError(f"{run} has no checkpoint (no 'latest'); train first with `vidlm lm train`")
     if step is not None:
-        step_dir = rt.step_dir_at(run, step)
+        step_dir = ckpt.step_dir_at(run, step)
     lm_cfg = from_dict(LMConfig, json.loads((run / "lm.json").read_text()), where=str(run / "lm.json"))
     vocab = Vocab.from_pretrained(run)
     model = VideoLM(lm_cfg)
-    state = rt.saved_weights(step_dir, "model")
+    state = ckpt.saved_weights(step_dir, "model")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.save_pretrained(out_dir, vocab=vocab)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidlm import checkpoint as ckpt
 from vidlm import runtime as rt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def run_straight(stage, dist, run_dir, steps, save_at, precision="fp32") -> list
     losses = []
     for step in range(steps):
         if step == save_at:
-            rt.save_checkpoint(run_dir, step, engines, client_state(step, ema))
+            ckpt.save_checkpoint(run_dir, step, engines, client_state(step, ema))
         losses.append(train_step(engines, ema, step, dist.rank))
     return losses
 
@@ -88,7 +89,7 @@ def run_resumed(stage, dist, run_dir, steps, precision="fp32") -> tuple[int, lis
     """Fresh engines, load from `latest`, continue to `steps`; returns (resumed step, losses)."""
     engines, ema = build(stage, dist, seed=123, precision=precision)  # different init: everything must come from disk
     rt.seed_all(456, dist.rank)
-    state = rt.load_checkpoint(run_dir, engines)
+    state = ckpt.load_checkpoint(run_dir, engines)
     assert state is not None, f"no checkpoint in {run_dir}"
     if ema is not None:
         ema.load_state_dict(state["ema"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from vidlm import demo
+from vidlm import demo, gallery
 from vidlm.pipeline import Generated
 
 TASKS = ("t2v", "t2i", "i2v", "extend-forward", "extend-backward", "connect", "loop", "edit", "long")
@@ -121,9 +121,9 @@ def test_gallery_shows_every_task_with_its_inputs(tmp_path):
 
     w, h = cfg.size
     sources = [(v, c) for v, c, _ in heldout_clips(9, 0, width=w, height=h, frames=cfg.frames)]
-    entries = demo.generate_all(FakeGenerator(), cfg, sources, progress=False)
+    entries = gallery.generate_all(FakeGenerator(), cfg, sources, progress=False)
     assert [e.task for e in entries] == list(TASKS)
-    index = demo.write_gallery(tmp_path, entries, cfg.fps)
+    index = gallery.write_gallery(tmp_path, entries, cfg.fps)
     page = index.read_text()
     for e in entries:
         name = f"{e.task}.{'png' if e.task == 't2i' else 'gif'}"
@@ -138,9 +138,9 @@ def test_gallery_shows_every_task_with_its_inputs(tmp_path):
 
 
 def test_edit_prompt_changes_the_colour():
-    assert demo.edited_caption("a red circle bouncing upward on a black background") != \
+    assert gallery.edited_caption("a red circle bouncing upward on a black background") != \
         "a red circle bouncing upward on a black background"
-    assert "red" not in demo.edited_caption("a red circle bouncing upward on a black background")
+    assert "red" not in gallery.edited_caption("a red circle bouncing upward on a black background")
 
 
 # ----------------------------------------------------------------------------- the whole flow
@@ -222,7 +222,7 @@ def test_shipped_weights_load_by_name_and_run_every_task():
     from vidlm.evaluate import heldout_clips
 
     sources = [(v, c) for v, c, _ in heldout_clips(9, 0, frames=9)]
-    entries = demo.generate_all(gen, cfg, sources, progress=False)
+    entries = gallery.generate_all(gen, cfg, sources, progress=False)
     assert [e.task for e in entries] == list(TASKS)
     for e in entries:
         assert e.output.shape[0] == 3 and e.output.shape[-2:] == (64, 64) and e.output.abs().max() <= 1

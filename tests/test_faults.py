@@ -194,7 +194,7 @@ def test_a_full_disk_during_a_save(dist, tokens, tmp_path, monkeypatch):
     # still names step-2, and once there is space again the same command resumes from it.
     from vidlm.lm.train import main
 
-    from vidlm.runtime import CheckpointError
+    from vidlm.checkpoint import CheckpointError
 
     real_save = torch.save
 

@@ -47,8 +47,8 @@ LAYERS = {  # docs/ARCHITECTURE.md: each layer may import its own and those list
     "join": {"floor", "data", "tokenizer", "lm", "join"},
     "cli": {"floor", "data", "tokenizer", "lm", "join", "cli"},
 }
-FLOOR = {"vidlm.errors", "vidlm.config", "vidlm.logging", "vidlm.runtime"}
-JOIN = {"vidlm.pipeline", "vidlm.pretokenize", "vidlm.demo", "vidlm.evaluate"}
+FLOOR = {"vidlm.errors", "vidlm.config", "vidlm.logging", "vidlm.runtime", "vidlm.checkpoint"}
+JOIN = {"vidlm.pipeline", "vidlm.pretokenize", "vidlm.demo", "vidlm.gallery", "vidlm.evaluate"}
 
 
 def layer(module: str) -> str | None:

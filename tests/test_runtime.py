@@ -10,6 +10,7 @@ import runtime_worker as toy
 import torch
 from conftest import launch
 
+from vidlm import checkpoint as ckpt
 from vidlm import runtime as rt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,43 +60,43 @@ def test_half_written_checkpoint_is_ignored(dist, tmp_path):
     assert at == RESUME_AT and resumed == straight[RESUME_AT:]
     # Saving step 4 again replaces the stale dir whole, then moves latest.
     engines, ema = toy.build(1, dist)
-    rt.save_checkpoint(tmp_path, 4, engines, toy.client_state(4, ema))
+    ckpt.save_checkpoint(tmp_path, 4, engines, toy.client_state(4, ema))
     assert (tmp_path / "latest").read_text().strip() == "step-4"
     assert (partial / "gen" / "mp_rank_00_model_states.pt").stat().st_size > 100
 
 
 def test_fresh_run_and_untrusted_latest(dist, tmp_path):
     engines, _ = toy.build(1, dist)
-    assert rt.load_checkpoint(tmp_path, engines) is None  # no latest: fresh run
-    assert rt.load_checkpoint(tmp_path / "missing", engines) is None
+    assert ckpt.load_checkpoint(tmp_path, engines) is None  # no latest: fresh run
+    assert ckpt.load_checkpoint(tmp_path / "missing", engines) is None
     outside = tmp_path.parent / "elsewhere"
     outside.mkdir(exist_ok=True)
     for tag in ("../elsewhere", "/etc", "step-x", "step-7"):  # outside, absolute, malformed, absent
         (tmp_path / "latest").write_text(tag)
         with pytest.raises(RuntimeError, match="not a step-N dir inside"):
-            rt.load_checkpoint(tmp_path, engines)
+            ckpt.load_checkpoint(tmp_path, engines)
 
 
 def test_checkpoint_refuses_bad_state(dist, tmp_path):
     engines, _ = toy.build(1, dist)
     with pytest.raises(TypeError, match=r"client_state\['loader'\] is a PosixPath"):
-        rt.save_checkpoint(tmp_path, 0, engines, {"loader": Path("x")})
+        ckpt.save_checkpoint(tmp_path, 0, engines, {"loader": Path("x")})
     engines["gen"].micro_steps = 1  # mid-accumulation (ACCUM = 2)
     with pytest.raises(RuntimeError, match="gradient accumulation window"):
-        rt.save_checkpoint(tmp_path, 0, engines, {})
+        ckpt.save_checkpoint(tmp_path, 0, engines, {})
     engines["gen"].micro_steps = 0
-    rt.save_checkpoint(tmp_path, 0, engines, {"step": 0})
+    ckpt.save_checkpoint(tmp_path, 0, engines, {"step": 0})
     with pytest.raises(RuntimeError, match=r"holds engines \['disc', 'gen'\]"):
-        rt.load_checkpoint(tmp_path, {"gen": engines["gen"]})
+        ckpt.load_checkpoint(tmp_path, {"gen": engines["gen"]})
     assert not list(tmp_path.glob(".latest.tmp*"))
 
 
 def test_keep_last(dist, tmp_path):
     engines, _ = toy.build(0, dist)
     for step in range(4):
-        rt.save_checkpoint(tmp_path, step, engines, {"step": step}, keep_last=2)
+        ckpt.save_checkpoint(tmp_path, step, engines, {"step": step}, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-2", "step-3"]
-    assert rt.load_checkpoint(tmp_path, engines) == {"step": 3}
+    assert ckpt.load_checkpoint(tmp_path, engines) == {"step": 3}
 
 
 def test_non_finite_guard(dist):

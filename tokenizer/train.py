@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from vidlm import checkpoint as ckpt
 from vidlm import runtime as rt
 from vidlm.runtime import derive_seed
 
@@ -179,7 +180,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     guard = rt.NonFiniteGuard(cfg.nonfinite_limit)
     losses = TokenizerLosses(cfg.loss, log=print if dist.is_main else (lambda *_: None))
     loader, val = build_loaders(cfg, resolve_shards(cfg, data, run, dist), dist, gen.factors)
-    client = rt.load_checkpoint(run, engines)
+    client = ckpt.load_checkpoint(run, engines)
     step = restore(client, loader, ema, losses, guard) if client else 0
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     logger = rt.RunLogger(run, cfg.steps, dist, start_step=step, desc="tokenizer",
@@ -225,7 +226,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             counts.clear()
             tick, frames = time.time(), 0
         if step % cfg.ckpt_every == 0 or step == end:
-            rt.save_checkpoint(run, step, engines, client_state(step, loader, ema, losses, guard),
+            ckpt.save_checkpoint(run, step, engines, client_state(step, loader, ema, losses, guard),
                                keep_last=cfg.keep_last)
     logger.close()
     return last
@@ -241,13 +242,13 @@ def export(run_dir, out_dir, *, raw: bool = False) -> Path:
     from .config import TokenizerConfig
 
     run = Path(run_dir)
-    step_dir = rt.latest_step_dir(run)
+    step_dir = ckpt.latest_step_dir(run)
     if step_dir is None:
         raise FileNotFoundError(f"{run} has no checkpoint (no 'latest'); train first with `vidlm tokenizer train`")
     cfg = from_dict(TokenizerConfig, json.loads((run / "tokenizer.json").read_text()), where=str(run / "tokenizer.json"))
     model = VideoTokenizer(cfg)
     if raw:
-        model.load_state_dict({k: v.float() for k, v in rt.saved_weights(step_dir, "generator").items()})
+        model.load_state_dict({k: v.float() for k, v in ckpt.saved_weights(step_dir, "generator").items()})
     else:
         ema = rt.EMA(model)
         ema.load_state_dict(torch.load(step_dir / "rank-0.pt", map_location="cpu", weights_only=True)["client_state"]["ema"])
