@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         return 0
     import dataclasses
 
-    from vidlm.lm.train import TrainConfig
+    from vidlm.lm.config import TrainConfig
     from vidlm.lm.train import main as train_main
 
     from vidlm import runtime as rt

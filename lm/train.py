@@ -6,15 +6,8 @@ Per optimizer step, on every rank, grad_accum micro steps of:
   forward -> cross entropy on the generated codes only -> backward (engine) -> engine step
 The engine clips gradients, steps AdamW and the warm-up + cosine LR schedule.
 
-The sequence stream is a pure function of (seed, rank, n): sequence n of a rank takes clip
-perm_epoch[rank + world * i] (a permutation per epoch), draws its task from `data.tasks`, the
-lengths of its known segments, and whether text / known segments are dropped, all from a
-generator seeded by (seed, rank, n). The run's data position is one integer per rank (the
-next sequence), so resuming from `latest` reproduces the uninterrupted run's losses exactly.
-Grid sizes come from each clip's own codes (its bucket): one model sees every size and duration.
-
-Validation: the last `data.val_clips` clips (held out from training), every task, no drops;
-per-task loss next to the unigram entropy of the training codes (a model that only learned code
+The data (the task stream, packed micro batches, validation sequences): vidlm.lm.stream; the
+run config: vidlm.lm.config.TrainConfig. Validation: per-task loss next to the unigram entropy of the training codes (a model that only learned code
 frequencies scores the entropy; below it, the model uses context).
 Logs (rank 0): tqdm, TensorBoard + metrics.jsonl: loss, loss/<task>, lr, tokens_per_s, mfu
 (when the accelerator's peak is known), skipped_steps, val/<task>.
@@ -25,204 +18,19 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from vidlm.lm.config import PRESETS, LMConfig
-from vidlm.lm.tasks import TASKS, draw_task, render_train
-from vidlm.lm.tokendata import TokenClip, pack, read_clips
+from vidlm.lm.config import LMConfig, TrainConfig
+from vidlm.lm.stream import TaskStream, load_data, micro_batch, unigram_entropy, val_sequences
+from vidlm.lm.tasks import TASKS
 from vidlm.lm.vocab import Vocab
 
 from vidlm import checkpoint as ckpt
 from vidlm import runtime as rt
 
-DEFAULT_TASKS = {"t2v": 0.25, "t2i": 0.05, "i2v": 0.1, "extend-forward": 0.15, "extend-backward": 0.1,
-                 "connect": 0.1, "loop": 0.1, "edit": 0.15}
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # bf16 dense
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataConfig:
-    """Token shards and the task mix."""
-
-    tokens: str | None = None
-    """Token folder (`vidlm data tokenize --out`); --data overrides."""
-    tasks: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASKS))
-    """Probability of each task per training sequence (normalized; a clip that cannot make the
-    drawn task, e.g. too short, gets t2v)."""
-    p_drop_text: float = 0.1
-    """Probability of dropping the caption (text guidance)."""
-    p_drop_known: float = 0.1
-    """Probability, independent of the text's, of dropping the known segments (visual guidance)."""
-    val_clips: int = 32
-    """Clips held out for validation (the last ones by key)."""
-
-    def __post_init__(self):
-        bad = sorted(set(self.tasks) - set(TASKS))
-        if bad or not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
-            raise ValueError(f"data.tasks: {bad or self.tasks} — tasks are {list(TASKS)} with weights >= 0")
-        for name in ("p_drop_text", "p_drop_known"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"data.{name} must be in [0, 1]")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """An LM training run (recipes/lm/*.yaml)."""
-
-    preset: str = "debug"
-    """LMConfig preset."""
-    model: dict[str, Any] = field(default_factory=dict)
-    """LMConfig fields overriding the preset (vocab_size comes from the token folder)."""
-    data: DataConfig = DataConfig()
-    """Token data and tasks."""
-    run_dir: str = "runs/lm"
-    """Run folder (checkpoints, TensorBoard, metrics.jsonl); --run overrides."""
-    steps: int = 1000
-    """Optimizer steps."""
-    micro_batch_size: int = 4
-    """Packed rows per rank per micro step."""
-    seq_len: int | None = None
-    """Tokens per packed row (None: the model's max_seq_len)."""
-    grad_accum: int = 1
-    """Micro steps per optimizer step."""
-    lr: float = 3e-4
-    """Peak learning rate (AdamW)."""
-    min_lr_ratio: float = 0.1
-    """The cosine decays to lr * min_lr_ratio at the last step."""
-    warmup: int = 100
-    """Linear warm-up steps."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    weight_decay: float = 0.1
-    """AdamW weight decay (matrices only; not norms)."""
-    grad_clip: float = 1.0
-    """Gradient clipping (0 = off)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """fp32 on CPU, bf16 on GPUs."""
-    seed: int = 0
-    """Seed of the weights and of the data stream."""
-    log_every: int = 10
-    """Steps between scalar logs."""
-    val_every: int = 100
-    """Steps between validations (and at the end)."""
-    ckpt_every: int = 200
-    """Steps between checkpoints (and at the end)."""
-    keep_last: int = 2
-    """Checkpoints kept."""
-    nonfinite_limit: int = 10
-    """Skipped non-finite steps tolerated before stopping."""
-    max_minutes: float | None = None
-    """Stop (with a checkpoint) after this much wall time; the schedule keeps `steps`."""
-    peak_tflops: float | None = None
-    """Accelerator peak for the MFU estimate (None: known GPUs are looked up, else no MFU)."""
-    threads: int = 0
-    """torch threads per rank (0: torch's default)."""
-    init_from: str | None = None
-    """Fine-tune: start from exported LM weights (a `vidlm lm export` folder, a model folder
-    holding lm/, or shipped weights by name) instead of a random init. Their architecture and
-    vocab must be this run's."""
-
-    def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset {self.preset!r} is not one of {list(PRESETS)}")
-        cfg = self.lm_config(vocab_size=PRESETS[self.preset].vocab_size)
-        if self.seq_len is not None and not 8 <= self.seq_len <= cfg.max_seq_len:
-            raise ValueError(f"seq_len {self.seq_len} must be in 8..max_seq_len ({cfg.max_seq_len})")
-
-    def lm_config(self, vocab_size: int) -> LMConfig:
-        from vidlm.config import ConfigError, from_dict, to_dict
-
-        base = to_dict(PRESETS[self.preset])
-        unknown = sorted(set(self.model) - set(base))
-        if unknown or "vocab_size" in self.model:
-            raise ConfigError(f"model: key(s) {unknown or ['vocab_size']} not allowed; allowed: "
-                              f"{sorted(set(base) - {'vocab_size'})} (vocab_size comes from the token data)")
-        return from_dict(LMConfig, {**base, **self.model, "vocab_size": vocab_size}, where="model")
-
-    @property
-    def row_len(self) -> int:
-        return self.seq_len or self.lm_config(PRESETS[self.preset].vocab_size).max_seq_len
-
-
-# ----------------------------------------------------------------------------- data
-class TaskStream:
-    """Sequence n of a rank, as a pure function of (seed, rank, n): see the module doc."""
-
-    def __init__(self, clips: list[TokenClip], vocab: Vocab, cfg: DataConfig, *, seed: int, rank: int,
-                 world: int, row_len: int):
-        if len(clips) < world:
-            raise ValueError(f"{len(clips)} training clips for {world} ranks; need at least one per rank")
-        self.clips, self.vocab, self.cfg = clips, vocab, cfg
-        self.seed, self.rank, self.world, self.row_len = seed, rank, world, row_len
-        self.per_rank = len(clips) // world
-        self.names = list(cfg.tasks)
-        self.weights = torch.tensor([cfg.tasks[t] for t in self.names], dtype=torch.float64)
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(rt.derive_seed(self.seed, epoch, "lm-order"))
-            self._perms = {epoch: torch.randperm(len(self.clips), generator=g)}
-        return self._perms[epoch]
-
-    def __call__(self, n: int):
-        """(Sequence, task index in TASKS)."""
-        epoch, i = divmod(n, self.per_rank)
-        clip = self.clips[int(self._perm(epoch)[self.rank + self.world * i])]
-        g = torch.Generator().manual_seed(rt.derive_seed(self.seed, self.rank, n, "lm-task"))
-        task = self.names[int(torch.multinomial(self.weights, 1, generator=g))]
-        drop_text, drop_known = (torch.rand(2, generator=g) < torch.tensor(
-            [self.cfg.p_drop_text, self.cfg.p_drop_known], dtype=torch.float32)).tolist()
-        return make_sequence(task, clip, self.vocab, g, drop_text, drop_known, self.row_len)
-
-
-def make_sequence(task: str, clip: TokenClip, vocab: Vocab, g: torch.Generator, drop_text: bool,
-                  drop_known: bool, row_len: int):
-    drawn = draw_task(task, clip.codes, clip.tails, clip.structure, g)
-    if drawn is None:
-        task, drawn = "t2v", (clip.codes, [])
-    grid, known = drawn
-    seq = render_train(task, vocab, codes=grid, text=clip.text, known=known, drop_text=drop_text,
-                       drop_known=drop_known)
-    if len(seq.ids) > row_len and task != "t2v":
-        return make_sequence("t2v", clip, vocab, g, drop_text, drop_known, row_len)
-    if len(seq.ids) > row_len:
-        raise ValueError(f"clip {clip.key} ({tuple(clip.codes.shape)} codes) makes a {len(seq.ids)}-token t2v "
-                         f"sequence, longer than rows of {row_len}: raise seq_len or tokenize smaller buckets")
-    return seq, TASKS.index(task)
-
-
-def micro_batch(stream, cursor: int, rows: int, row_len: int) -> tuple[dict, int]:
-    """Pack sequences cursor, cursor+1, ... (`stream(n)` -> (Sequence, task) or None at the end)
-    into `rows` rows; the first that does not fit stays for the next micro batch. Returns (batch,
-    next cursor); batch["task"] (R,L) is the task index at every target position (-1 elsewhere)."""
-    seqs, tasks, used, n = [], [], [0], cursor
-    while (item := stream(n)) is not None:
-        seq, task = item
-        if used[-1] + len(seq.ids) > row_len:
-            if len(used) == rows:
-                break
-            used.append(0)
-        used[-1] += len(seq.ids)
-        seqs.append(seq)
-        tasks.append(task)
-        n += 1
-    batch = pack(seqs, row_len)
-    pad = rows - batch["ids"].shape[0]  # the end of a finite stream leaves rows empty
-    if pad:
-        batch["ids"] = torch.cat([batch["ids"], torch.zeros(pad, row_len, dtype=torch.long)])
-        batch["coords"] = torch.cat([batch["coords"], torch.zeros(pad, row_len, 3, dtype=torch.long)])
-        batch["loss_mask"] = torch.cat([batch["loss_mask"], torch.zeros(pad, row_len, dtype=torch.bool)])
-        batch["doc_ids"] = torch.cat([batch["doc_ids"], torch.full((pad, row_len), -1)])
-    task_of = torch.full(batch["ids"].shape, -1, dtype=torch.long)
-    for (row, start, length), t, s in zip(batch["index"], tasks, seqs):
-        task_of[row, start : start + length][s.loss_mask] = t
-    batch["task"] = task_of
-    return batch, n
 
 
 def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,16 +42,6 @@ def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor
     return ce * mask, mask
 
 
-def unigram_entropy(clips: list[TokenClip], code_size: int) -> float:
-    """Entropy (nats) of the code frequencies over the clips: the loss of a context-free model."""
-    counts = torch.zeros(code_size, dtype=torch.float64)
-    for c in clips:
-        counts += torch.bincount(c.codes.flatten(), minlength=code_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log()).sum())
-
-
-@torch.no_grad()
 def validate(engine, val_batches: list[dict], device) -> dict[str, float]:
     was = engine.module.training
     engine.module.eval()
@@ -259,23 +57,6 @@ def validate(engine, val_batches: list[dict], device) -> dict[str, float]:
     out = {f"val/{TASKS[t]}": float(sums[t] / counts[t]) for t in range(len(TASKS)) if counts[t] > 0}
     out["val/loss"] = float(sums.sum() / counts.sum().clamp(min=1))
     return out
-
-
-def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig) -> list[dict]:
-    """Every task of every held-out clip, no drops, packed into micro batches."""
-    stream = []
-    for i, clip in enumerate(clips):
-        for task in TASKS:
-            g = torch.Generator().manual_seed(rt.derive_seed(cfg.seed, i, task, "val"))
-            if draw_task(task, clip.codes, clip.tails, clip.structure, torch.Generator().manual_seed(0)) is None:
-                continue
-            stream.append(make_sequence(task, clip, vocab, g, False, False, cfg.row_len))
-    batches, n = [], 0
-    while n < len(stream):
-        batch, n = micro_batch(lambda k: stream[k] if k < len(stream) else None, n, cfg.micro_batch_size,
-                               cfg.row_len)
-        batches.append(batch)
-    return batches
 
 
 # ----------------------------------------------------------------------------- engine
@@ -328,16 +109,6 @@ def peak_flops(cfg: TrainConfig) -> float | None:
         name = torch.cuda.get_device_name()
         return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     return None
-
-
-def load_data(cfg: TrainConfig, data: str | None) -> tuple[list[TokenClip], list[TokenClip], Vocab]:
-    folder = data or cfg.data.tokens
-    if not folder:
-        raise ValueError("no token data: pass --data DIR or set data.tokens (write it with `vidlm data tokenize`)")
-    clips = sorted(read_clips(folder), key=lambda c: c.key)
-    vocab = Vocab.from_pretrained(folder)
-    n_val = min(cfg.data.val_clips, len(clips) // 2)
-    return clips[: len(clips) - n_val], clips[len(clips) - n_val :], vocab
 
 
 def write_run_info(run: Path, cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> None:

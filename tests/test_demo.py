@@ -55,7 +55,7 @@ def test_a_run_folder_is_not_reused_with_another_recipe(tmp_path, fake_stages):
 
 
 def test_every_demo_recipe_validates_with_its_stage_configs(tmp_path):
-    from vidlm.lm.train import TrainConfig as LMTrainConfig
+    from vidlm.lm.config import TrainConfig as LMTrainConfig
     from vidlm.tokenizer.config import TrainConfig as TokenizerTrainConfig
 
     from vidlm.config import load_yaml

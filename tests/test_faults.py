@@ -62,7 +62,7 @@ def poison(monkeypatch, cursors: set[int]):
 
 def cursors_of(cfg, tokens, n: int) -> list[int]:
     """The stream positions of the first n micro-batches of a one-rank run."""
-    from vidlm.lm.train import TaskStream, load_data, micro_batch
+    from vidlm.lm.stream import TaskStream, load_data, micro_batch
 
     train, _, vocab = load_data(cfg, str(tokens))
     stream = TaskStream(train, vocab, cfg.data, seed=cfg.seed, rank=0, world=1, row_len=cfg.row_len)

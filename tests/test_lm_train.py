@@ -49,7 +49,7 @@ def tokens(tmp_path_factory):
 
 
 def debug_cfg(**over):
-    from vidlm.lm.train import TrainConfig
+    from vidlm.lm.config import TrainConfig
 
     from vidlm.config import load_yaml
 
@@ -74,8 +74,9 @@ def run_resume(cfg, tokens, root: Path, stage: int, local_rank=None) -> dict:
 # ----------------------------------------------------------------------------- packing and data
 def test_packed_loss_equals_unpacked(tokens):
     from vidlm.lm.model import VideoLM
+    from vidlm.lm.stream import TaskStream, micro_batch
     from vidlm.lm.tokendata import read_clips
-    from vidlm.lm.train import TaskStream, micro_batch, token_losses
+    from vidlm.lm.train import token_losses
     from vidlm.lm.vocab import Vocab
 
     cfg = debug_cfg()
@@ -99,9 +100,9 @@ def test_packed_loss_equals_unpacked(tokens):
 
 
 def test_stream_is_a_pure_function_and_mixes_tasks(tokens):
+    from vidlm.lm.stream import TaskStream
     from vidlm.lm.tasks import TASKS
     from vidlm.lm.tokendata import read_clips
-    from vidlm.lm.train import TaskStream
     from vidlm.lm.vocab import Vocab
 
     clips, vocab, cfg = read_clips(tokens), Vocab.from_pretrained(tokens), debug_cfg()
@@ -117,7 +118,7 @@ def test_stream_is_a_pure_function_and_mixes_tasks(tokens):
 
 def test_every_recipe_validates():
     from vidlm.lm.cli import build_parser
-    from vidlm.lm.train import TrainConfig
+    from vidlm.lm.config import TrainConfig
 
     from vidlm import runtime as rt
     from vidlm.config import load_yaml
@@ -162,8 +163,9 @@ def test_exact_resume_one_rank(dist, tokens, tmp_path, stage):
 
 def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
     from vidlm.lm.model import VideoLM
+    from vidlm.lm.stream import load_data, val_sequences
     from vidlm.lm.tasks import TASKS
-    from vidlm.lm.train import load_data, main, val_sequences
+    from vidlm.lm.train import main
     from vidlm.lm.vocab import Vocab
 
     cfg = debug_cfg(steps=40, log_every=10, val_every=40, ckpt_every=20, lr=3e-3)
