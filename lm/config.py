@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from vidlm.lm.vocab import TASKS
+
+from vidlm.config import RunConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,78 +150,35 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """An LM training run (recipes/lm/*.yaml)."""
+class TrainConfig(RunConfig):
+    """An LM training run (recipes/lm/*.yaml): RunConfig's fields, and these. `model` overrides
+    LMConfig fields of the preset (vocab_size comes from the token folder)."""
 
-    preset: str = "debug"
-    """LMConfig preset."""
-    model: dict[str, Any] = field(default_factory=dict)
-    """LMConfig fields overriding the preset (vocab_size comes from the token folder)."""
     data: DataConfig = DataConfig()
     """Token data and tasks."""
     run_dir: str = "runs/lm"
     """Run folder (checkpoints, TensorBoard, metrics.jsonl); --run overrides."""
-    steps: int = 1000
-    """Optimizer steps."""
-    micro_batch_size: int = 4
-    """Packed rows per rank per micro step."""
     seq_len: int | None = None
     """Tokens per packed row (None: the model's max_seq_len)."""
-    grad_accum: int = 1
-    """Micro steps per optimizer step."""
-    lr: float = 3e-4
-    """Peak learning rate (AdamW)."""
-    min_lr_ratio: float = 0.1
-    """The cosine decays to lr * min_lr_ratio at the last step."""
-    warmup: int = 100
-    """Linear warm-up steps."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
     weight_decay: float = 0.1
     """AdamW weight decay (matrices only; not norms)."""
-    grad_clip: float = 1.0
-    """Gradient clipping (0 = off)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """fp32 on CPU, bf16 on GPUs."""
-    seed: int = 0
-    """Seed of the weights and of the data stream."""
-    log_every: int = 10
-    """Steps between scalar logs."""
-    val_every: int = 100
-    """Steps between validations (and at the end)."""
-    ckpt_every: int = 200
-    """Steps between checkpoints (and at the end)."""
-    keep_last: int = 2
-    """Checkpoints kept."""
-    nonfinite_limit: int = 10
-    """Skipped non-finite steps tolerated before stopping."""
-    max_minutes: float | None = None
-    """Stop (with a checkpoint) after this much wall time; the schedule keeps `steps`."""
     peak_tflops: float | None = None
     """Accelerator peak for the MFU estimate (None: known GPUs are looked up, else no MFU)."""
-    threads: int = 0
-    """torch threads per rank (0: torch's default)."""
     init_from: str | None = None
     """Fine-tune: start from exported LM weights (a `vidlm lm export` folder, a model folder
     holding lm/, or shipped weights by name) instead of a random init. Their architecture and
     vocab must be this run's."""
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
+        super().__post_init__()
+        cfg = self.lm_config(vocab_size=PRESETS[self.preset].vocab_size) if self.preset in PRESETS else None
+        if cfg is None:
             raise ValueError(f"preset {self.preset!r} is not one of {list(PRESETS)}")
-        cfg = self.lm_config(vocab_size=PRESETS[self.preset].vocab_size)
         if self.seq_len is not None and not 8 <= self.seq_len <= cfg.max_seq_len:
             raise ValueError(f"seq_len {self.seq_len} must be in 8..max_seq_len ({cfg.max_seq_len})")
 
     def lm_config(self, vocab_size: int) -> LMConfig:
-        from vidlm.config import ConfigError, from_dict, to_dict
-
-        base = to_dict(PRESETS[self.preset])
-        unknown = sorted(set(self.model) - set(base))
-        if unknown or "vocab_size" in self.model:
-            raise ConfigError(f"model: key(s) {unknown or ['vocab_size']} not allowed; allowed: "
-                              f"{sorted(set(base) - {'vocab_size'})} (vocab_size comes from the token data)")
-        return from_dict(LMConfig, {**base, **self.model, "vocab_size": vocab_size}, where="model")
+        return self.model_config(PRESETS, LMConfig, {"vocab_size": vocab_size})
 
     @property
     def row_len(self) -> int:

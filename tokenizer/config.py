@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from vidlm.data.buckets import check_frames
+
+from vidlm.config import RunConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,13 +197,10 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """A tokenizer training run (recipes/tokenizer/*.yaml)."""
+class TrainConfig(RunConfig):
+    """A tokenizer training run (recipes/tokenizer/*.yaml): RunConfig's fields, and these.
+    `model` overrides TokenizerConfig fields of the preset."""
 
-    preset: str = "debug"
-    """TokenizerConfig preset."""
-    model: dict[str, Any] = field(default_factory=dict)
-    """TokenizerConfig fields overriding the preset."""
     loss: LossConfig = LossConfig()
     """Losses."""
     disc: DiscConfig = DiscConfig()
@@ -210,52 +209,19 @@ class TrainConfig:
     """Data."""
     run_dir: str = "runs/tokenizer"
     """Run folder (checkpoints, TensorBoard, metrics.jsonl); --run overrides."""
-    steps: int = 1000
-    """Optimizer steps."""
-    micro_batch_size: int = 4
-    """Clips per rank per micro step."""
-    grad_accum: int = 1
-    """Micro steps per optimizer step."""
-    lr: float = 3e-4
-    """Generator peak learning rate."""
     disc_lr: float = 3e-4
-    """Discriminator learning rate."""
+    """Discriminator learning rate (`lr` is the generator's)."""
     betas: tuple[float, ...] = (0.5, 0.9)
     """AdamW betas (both optimizers)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
     warmup: int = 50
-    """Linear warm-up steps (then a cosine to lr * min_lr_ratio at the last step)."""
-    min_lr_ratio: float = 0.1
-    """The cosine decays to lr * min_lr_ratio at the last step."""
-    grad_clip: float = 1.0
-    """Gradient clipping (0 = off)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """fp32 on CPU; bf16 on GPUs."""
+    """Linear warm-up steps."""
     ema_decay: float = 0.999
     """EMA of the generator weights (exported by default)."""
-    seed: int = 0
-    """Seed of everything."""
-    log_every: int = 10
-    """Steps between scalar logs."""
-    val_every: int = 100
-    """Steps between validation PSNR / previews."""
-    ckpt_every: int = 200
-    """Steps between checkpoints (and one at the end)."""
-    keep_last: int = 2
-    """Checkpoints kept."""
-    nonfinite_limit: int = 10
-    """Skipped non-finite steps tolerated before stopping."""
-    threads: int = 0
-    """torch threads per rank (0: leave torch's default)."""
-    max_minutes: float | None = None
-    """Wall-clock budget of the training loop: stop (with a checkpoint) when it is spent."""
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset {self.preset!r} is not one of {sorted(PRESETS)}")
-        if len(self.betas) != 2 or len(self.data.size) != 2:
-            raise ValueError(f"betas and data.size take 2 values, got {list(self.betas)}, {list(self.data.size)}")
+        super().__post_init__()
+        if len(self.data.size) != 2:
+            raise ValueError(f"data.size takes 2 values, got {list(self.data.size)}")
         d = self.data
         if d.image_every < 0 or (d.image_every and not 1 <= d.image_batch_size <= self.micro_batch_size * d.frames):
             raise ValueError(f"data.image_every must be >= 0 and data.image_batch_size in [1, micro_batch_size x "
@@ -263,10 +229,4 @@ class TrainConfig:
         check_frames(d.frames, self.tokenizer_config().time_factor, "data.frames")  # before training
 
     def tokenizer_config(self) -> TokenizerConfig:
-        from vidlm.config import ConfigError, from_dict, to_dict
-
-        base = to_dict(PRESETS[self.preset])
-        unknown = sorted(set(self.model) - set(base))
-        if unknown:
-            raise ConfigError(f"model: unknown key(s) {unknown}; allowed: {sorted(base)}")
-        return from_dict(TokenizerConfig, {**base, **self.model}, where="model")
+        return self.model_config(PRESETS, TokenizerConfig)

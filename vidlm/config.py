@@ -9,8 +9,9 @@ import argparse
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from vidlm.errors import UserError
 
@@ -182,3 +183,68 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 64x64, got {text!r}") from None
     return w, h
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """What every training run sets; both trainers' TrainConfig extend it (and may change a default)."""
+
+    preset: str = "debug"
+    """The model preset."""
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Fields of the preset's model config to override."""
+    run_dir: str = "runs/run"
+    """Run folder (checkpoints, TensorBoard, metrics.jsonl); --run overrides."""
+    steps: int = 1000
+    """Optimizer steps."""
+    micro_batch_size: int = 4
+    """Samples (clips or packed rows) per rank per micro step."""
+    grad_accum: int = 1
+    """Micro steps per optimizer step."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio at the last step."""
+    warmup: int = 100
+    """Linear warm-up steps."""
+    betas: tuple[float, ...] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient clipping (0 = off)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32 on CPU (bf16 where the CPU has AMX or AVX512-BF16), bf16 on GPUs."""
+    seed: int = 0
+    """Seed of the weights and of the data stream."""
+    log_every: int = 10
+    """Steps between scalar logs."""
+    val_every: int = 100
+    """Steps between validations (and at the end)."""
+    ckpt_every: int = 200
+    """Steps between checkpoints (and at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept."""
+    nonfinite_limit: int = 10
+    """Skipped non-finite steps tolerated before stopping."""
+    max_minutes: float | None = None
+    """Wall-clock budget: stop (with a checkpoint) when it is spent; the schedule keeps `steps`."""
+    threads: int = 0
+    """torch threads per rank (0: torch's default)."""
+
+    def __post_init__(self):
+        if len(self.betas) != 2:
+            raise ValueError(f"betas take 2 values, got {list(self.betas)}")
+
+    def model_config(self, presets: dict, cls: type[T], fixed: dict | None = None) -> T:
+        """The preset `self.preset` of `presets` with `self.model` over it (and `fixed` over both:
+        fields the run decides, such as the LM's vocab size, which `model` may not set)."""
+        if self.preset not in presets:
+            raise ConfigError(f"preset {self.preset!r} is not one of {sorted(presets)}")
+        base, fixed = to_dict(presets[self.preset]), fixed or {}
+        allowed = sorted(set(base) - set(fixed))
+        if unknown := sorted(set(self.model) - set(base)):
+            raise ConfigError(f"model: unknown key(s) {unknown}; allowed: {allowed}")
+        if taken := sorted(set(self.model) & set(fixed)):
+            raise ConfigError(f"model: {taken} comes from the data, not the config; allowed: {allowed}")
+        return from_dict(cls, {**base, **self.model, **fixed}, where="model")
