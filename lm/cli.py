@@ -19,18 +19,13 @@ A run resumes from RUN/latest when started again with the same --run (exactly: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vidlm.runtime import add_launcher_args
+    from vidlm.runtime import add_train_parser
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="vidlm lm", description=__doc__, epilog=EPILOG, formatter_class=fmt)
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train (or resume) an LM run", epilog=EPILOG, formatter_class=fmt)
-    t.add_argument("--config", required=True, help="run config YAML, e.g. recipes/lm/demo.yaml")
-    t.add_argument("--data", help="token folder (default: the recipe's data.tokens)")
-    t.add_argument("--run", help="run folder (default: the recipe's run_dir)")
-    t.add_argument("--steps", type=int, help="override the recipe's steps")
-    t.add_argument("--stop-at", type=int, help="stop at this step (with a checkpoint), schedule unchanged")
-    add_launcher_args(t)
+    add_train_parser(sub, "lm", data_help="token folder (default: the recipe's data.tokens)", epilog=EPILOG,
+                     formatter_class=fmt)
     x = sub.add_parser("export", help="RUN/latest -> safetensors + config.json + vocab.json", epilog=EPILOG,
                        formatter_class=fmt)
     x.add_argument("--run", required=True)
@@ -46,24 +41,12 @@ def main(argv=None) -> int:
 
         print(f"exported {export(args.run, args.out, step=args.step)}")
         return 0
-    import dataclasses
-
     from vidlm.lm.config import TrainConfig
-    from vidlm.lm.train import main as train_main
+    from vidlm.lm.train import main as train
 
-    from vidlm import runtime as rt
-    from vidlm.config import load_yaml
+    from vidlm.runtime import run_training
 
-    cfg = load_yaml(TrainConfig, args.config)  # a bad config fails here, before anything starts
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, steps=args.steps)
-    out = train_main(cfg, run_dir=args.run, data=args.data, deepspeed=args.deepspeed, local_rank=args.local_rank,
-                     stop_at=args.stop_at)
-    last = out["last"]
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float) and "/" not in k))
-    rt.finish(rt.init_distributed(args.local_rank))
-    return 0
+    return run_training(TrainConfig, lambda cfg, **kw: train(cfg, **kw)["last"], args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from vidlm.config import parse_size
@@ -22,19 +21,14 @@ A run resumes from RUN/latest when started again with the same --run.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vidlm.runtime import add_launcher_args
+    from vidlm.runtime import add_train_parser
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="vidlm tokenizer", description=__doc__, epilog=EPILOG, formatter_class=fmt)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train (or resume) a tokenizer run", epilog=EPILOG, formatter_class=fmt)
-    t.add_argument("--config", required=True, help="run config YAML, e.g. recipes/tokenizer/demo.yaml")
-    t.add_argument("--data", help="shard glob or folder (default: the recipe's data.shards, else synthesized)")
-    t.add_argument("--run", help="run folder (default: the recipe's run_dir)")
-    t.add_argument("--steps", type=int, help="override the recipe's steps")
-    t.add_argument("--stop-at", type=int, help="stop at this step (with a checkpoint), schedule unchanged")
-    add_launcher_args(t)
+    add_train_parser(sub, "tokenizer", data_help="shard glob or folder (default: the recipe's data.shards, else "
+                     "synthesized)", epilog=EPILOG, formatter_class=fmt)
 
     e = sub.add_parser("eval", help="PSNR, SSIM, codebook usage, speed; side-by-side mp4",
                        epilog=EPILOG, formatter_class=fmt)
@@ -58,31 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train(args) -> int:
-    import dataclasses
-
-    from vidlm import runtime as rt
-    from vidlm.config import load_yaml
-
-    from .config import TrainConfig
-    from .train import main as train_main
-
-    cfg = load_yaml(TrainConfig, args.config)  # unknown keys / bad values fail here, before training
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, steps=args.steps)
-    last = train_main(cfg, run_dir=args.run, data=args.data, deepspeed=args.deepspeed,
-                      local_rank=args.local_rank, stop_at=args.stop_at)
-    dist = rt.init_distributed(args.local_rank)
-    if dist.is_main:
-        print("last: " + json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in last.items()}))
-    rt.finish(dist)
-    return 0
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "train":
-        return _train(args)
+        from vidlm.runtime import run_training
+
+        from .config import TrainConfig
+        from .train import main as train
+
+        return run_training(TrainConfig, train, args)
     if args.cmd == "export":
         from .train import export
 

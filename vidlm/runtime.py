@@ -139,6 +139,38 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
+def add_train_parser(sub, stage: str, *, data_help: str, **kw) -> argparse.ArgumentParser:
+    """The `train` subcommand both stages share: --config, --data, --run, --steps, --stop-at and
+    the launcher's arguments (`run_training` runs it)."""
+    t = sub.add_parser("train", help=f"train (or resume) a {stage} run", **kw)
+    t.add_argument("--config", required=True, help=f"run config YAML, e.g. recipes/{stage}/demo.yaml")
+    t.add_argument("--data", help=data_help)
+    t.add_argument("--run", help="run folder (default: the recipe's run_dir)")
+    t.add_argument("--steps", type=int, help="override the recipe's steps")
+    t.add_argument("--stop-at", type=int, help="stop at this step (with a checkpoint), schedule unchanged")
+    return add_launcher_args(t)
+
+
+def run_training(config_cls, train, args) -> int:
+    """`vidlm STAGE train`: the run config (a bad one fails here, before anything starts), --steps,
+    the run (`train(cfg, run_dir=, data=, deepspeed=, local_rank=, stop_at=)` returns the last
+    logged scalars), then one summary line on rank 0."""
+    import dataclasses
+
+    from vidlm.config import load_yaml
+
+    cfg = load_yaml(config_cls, args.config)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    last = train(cfg, run_dir=args.run, data=args.data, deepspeed=args.deepspeed, local_rank=args.local_rank,
+                 stop_at=args.stop_at)
+    dist = init_distributed(args.local_rank)
+    if dist.is_main and last:
+        print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float) and "/" not in k))
+    finish(dist)
+    return 0
+
+
 def derive_seed(*parts) -> int:
     """A 63-bit seed from any parts (stable across processes and Python versions)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
