@@ -70,8 +70,8 @@ def _preview(args) -> int:
     import torch
     from einops import rearrange
 
+    from .encode import write_video
     from .loader import LoaderConfig, VideoLoader
-    from .video import write_video
 
     cfg = LoaderConfig(batch_size=args.batch_size, frames=(args.frames,), fps=args.fps, areas=(args.area,),
                        seed=args.seed, train=False, require_caption=False, shuffle_buffer=1)

@@ -17,7 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .video import VideoDecodeError, downscale, is_video_name, probe
+from .encode import downscale
+from .video import VideoDecodeError, is_video_name, probe
 
 
 @dataclass
@@ -94,7 +95,7 @@ def write_shards(videos, out_dir, *, captions: dict[str, str] | None = None, sha
     """Write shards out_dir/{prefix}-%06d.tar; returns what was written and skipped (with reasons).
     With `captions`, a video that has no caption there is skipped ("no caption"). Each sample
     holds the file's own bytes, or with `max_side` and a bigger video, an mp4 re-encoded to that
-    longer side (`data.video.downscale`; its .json keeps the original size under "original")."""
+    longer side (`data.encode.downscale`; its .json keeps the original size under "original")."""
     import webdataset as wds
 
     from vidlm.logging import progress_bar

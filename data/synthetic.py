@@ -220,7 +220,8 @@ def clip_seed(seed: int, index: int) -> int:
 def synth_sample(seed: int, index: int, **render_kwargs) -> dict:
     """One webdataset sample {__key__, mp4, txt, json} of the shapes world (written as a real
     mp4 through the project's one writer)."""
-    from .video import encode_mp4, probe
+    from .encode import encode_mp4
+    from .video import probe
 
     cs = clip_seed(seed, index)
     video, caption, world = render_clip(cs, **render_kwargs)

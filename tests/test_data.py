@@ -66,7 +66,8 @@ def test_shard_round_trip(real_data_dir, tmp_path):
 
 
 def test_max_side_stores_big_videos_downscaled(tmp_path):
-    from vidlm.data.video import read_clip, write_video
+    from vidlm.data.encode import write_video
+    from vidlm.data.video import read_clip
 
     rng = np.random.default_rng(0)
     big = np.repeat(rng.integers(0, 256, (12, 3, 5, 3), dtype=np.uint8), 32, 1).repeat(32, 2)  # 160x96

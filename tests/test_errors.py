@@ -87,8 +87,8 @@ def test_configs_and_runs_that_are_wrong(tmp_path, capsys):
 
 
 def test_a_captions_file_with_bad_lines(tmp_path, capsys):
+    from vidlm.data.encode import write_video
     from vidlm.data.synthetic import render_clip
-    from vidlm.data.video import write_video
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -19,7 +19,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from vidlm.data.video import write_video
+    from vidlm.data.encode import write_video
 
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)

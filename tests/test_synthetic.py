@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import webdataset as wds
+from vidlm.data.encode import encode_mp4
 from vidlm.data.synthetic import (
     BACKGROUNDS,
     COLOURS,
@@ -13,7 +14,7 @@ from vidlm.data.synthetic import (
     synth_shards,
     track_objects,
 )
-from vidlm.data.video import encode_mp4, read_clip
+from vidlm.data.video import read_clip
 
 SIZES = [(64, 64), (96, 64), (64, 96)]
 

@@ -5,14 +5,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from vidlm.data.video import (
-    VideoDecodeError,
-    choose_backend,
-    encode_mp4,
-    probe,
-    read_clip,
-    write_video,
-)
+from vidlm.data.encode import encode_mp4, write_video
+from vidlm.data.video import VideoDecodeError, choose_backend, probe, read_clip
 
 BITS = 8
 

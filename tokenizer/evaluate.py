@@ -107,7 +107,7 @@ def evaluate(model: VideoTokenizer, clips, *, batch_size: int = 4, preview: int 
 
 def write_side_by_side(path, pairs, fps: float) -> Path:
     """One row per clip: original | reconstruction."""
-    from vidlm.data.video import write_video
+    from vidlm.data.encode import write_video
 
     rows = [torch.cat([a, b], dim=-1) for a, b in pairs]  # (C,T,H,2W)
     return write_video(path, torch.cat(rows, dim=-2), fps)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from vidlm.config import parse_size
-from vidlm.data.video import to_uint8
+from vidlm.data.encode import to_uint8
 
 EVAL_SEED_BASE = 2**32
 """Held-out clip seeds start here. Training clips come from `synth_shards`, whose clip seeds are

@@ -79,7 +79,7 @@ def contact_sheet(entries: list[Entry], *, columns: int = 9):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from vidlm.data.video import to_uint8
+    from vidlm.data.encode import to_uint8
 
     h, w = entries[0].output.shape[-2:]
     label_w, gap = 112, 6
@@ -106,7 +106,7 @@ def contact_sheet(entries: list[Entry], *, columns: int = 9):
 
 def write_gallery(out: Path, entries: list[Entry], fps: float, *, title: str = "vidlm demo") -> Path:
     """OUT/gallery/*.gif (+ inputs), OUT/contact_sheet.png and OUT/index.html."""
-    from vidlm.data.video import write_video
+    from vidlm.data.encode import write_video
 
     out = Path(out)
     gal = out / "gallery"

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     if len(args.input) != (need if need is not None else min(len(args.input), 1)):
         wanted = need if need is not None else "at most 1"
         raise SystemExit(f"vidlm generate {args.task}: takes {wanted} --input file(s), got {len(args.input)}")
-    from vidlm.data.video import write_video
+    from vidlm.data.encode import write_video
     from vidlm.pipeline import VideoGenerator, seam_score
 
     try:

@@ -42,7 +42,7 @@ def model_at(run: Path, step: int) -> Path:
 
 
 def samples_row(gen, prompt: str, head, frames: int, columns: int = 9, **opts) -> np.ndarray:
-    from vidlm.data.video import to_uint8
+    from vidlm.data.encode import to_uint8
 
     t2v = to_uint8(gen.t2v(prompt, frames=frames, seed=0, **opts).video)
     ext = to_uint8(gen.extend(head, direction="forward", frames=frames, text=prompt, seed=0, **opts).video)

@@ -50,7 +50,7 @@ if not cache.exists():  # the clips of `vidlm data synth --seed 0`; --mp4: throu
             import io
 
             import av
-            from vidlm.data.video import encode_mp4
+            from vidlm.data.encode import encode_mp4
             with av.open(io.BytesIO(encode_mp4(v, 8.0))) as c:
                 v = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
         vids.append(v)
