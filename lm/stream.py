@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from vidlm.lm.config import DataConfig, TrainConfig
 from vidlm.lm.tasks import TASKS, draw_task, render_train
-from vidlm.lm.tokendata import TokenClip, pack, read_clips
+from vidlm.lm.tokendata import Rows, TokenClip, pack, read_clips
 from vidlm.lm.vocab import Vocab
 
 from vidlm import runtime as rt
@@ -81,24 +81,12 @@ def micro_batch(stream, cursor: int, rows: int, row_len: int) -> tuple[dict, int
     """Pack sequences cursor, cursor+1, ... (`stream(n)` -> (Sequence, task) or None at the end)
     into `rows` rows; the first that does not fit stays for the next micro batch. Returns (batch,
     next cursor); batch["task"] (R,L) is the task index at every target position (-1 elsewhere)."""
-    seqs, tasks, used, n = [], [], [0], cursor
-    while (item := stream(n)) is not None:
-        seq, task = item
-        if used[-1] + len(seq.ids) > row_len:
-            if len(used) == rows:
-                break
-            used.append(0)
-        used[-1] += len(seq.ids)
-        seqs.append(seq)
-        tasks.append(task)
+    seqs, tasks, n, filler = [], [], cursor, Rows(row_len, rows)
+    while (item := stream(n)) is not None and filler.place(len(item[0].ids)) is not None:
+        seqs.append(item[0])
+        tasks.append(item[1])
         n += 1
-    batch = pack(seqs, row_len)
-    pad = rows - batch["ids"].shape[0]  # the end of a finite stream leaves rows empty
-    if pad:
-        batch["ids"] = torch.cat([batch["ids"], torch.zeros(pad, row_len, dtype=torch.long)])
-        batch["coords"] = torch.cat([batch["coords"], torch.zeros(pad, row_len, 3, dtype=torch.long)])
-        batch["loss_mask"] = torch.cat([batch["loss_mask"], torch.zeros(pad, row_len, dtype=torch.bool)])
-        batch["doc_ids"] = torch.cat([batch["doc_ids"], torch.full((pad, row_len), -1)])
+    batch = pack(seqs, row_len, rows=rows)  # the end of a finite stream leaves rows empty
     task_of = torch.full(batch["ids"].shape, -1, dtype=torch.long)
     for (row, start, length), t, s in zip(batch["index"], tasks, seqs):
         task_of[row, start : start + length][s.loss_mask] = t

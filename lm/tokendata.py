@@ -116,34 +116,41 @@ def read_clips(path) -> list[TokenClip]:
     return clips
 
 
-def pack(sequences, row_len: int, pad_id: int = 0):
+class Rows:
+    """Greedy packing in order: each sequence goes at the end of the last row, or opens a new row
+    when it does not fit there (`pack` and the trainer's micro batches both fill rows so)."""
+
+    def __init__(self, row_len: int, max_rows: int | None = None):
+        self.row_len, self.max_rows, self.used = row_len, max_rows, []
+
+    def place(self, n: int) -> tuple[int, int] | None:
+        """(row, start) of a sequence of n tokens; None if it would open row max_rows + 1."""
+        if n > self.row_len:
+            raise ValueError(f"a sequence of {n} tokens does not fit rows of {self.row_len}; raise seq_len "
+                             "(<= max_seq_len) or use smaller clips")
+        if not self.used or self.used[-1] + n > self.row_len:
+            if self.max_rows is not None and len(self.used) == self.max_rows:
+                return None
+            self.used.append(0)
+        start, self.used[-1] = self.used[-1], self.used[-1] + n
+        return len(self.used) - 1, start
+
+
+def pack(sequences, row_len: int, pad_id: int = 0, rows: int | None = None):
     """Sequences (objects with ids (L,), coords (L,3), loss_mask (L,)) -> rows
     {"ids" (R,row_len), "coords" (R,row_len,3), "loss_mask" (R,row_len), "doc_ids" (R,row_len),
-    "index" [(row, start, length) per sequence]}. A sequence longer than row_len is an error."""
-    rows: list[list] = []
-    index = []
-    used = row_len
-    for i, s in enumerate(sequences):
-        n = len(s.ids)
-        if n > row_len:
-            raise ValueError(f"a sequence of {n} tokens does not fit rows of {row_len}; raise seq_len "
-                             "(<= max_seq_len) or use smaller clips")
-        if used + n > row_len:
-            rows.append([])
-            used = 0
-        index.append((len(rows) - 1, used, n))
-        rows[-1].append(s)
-        used += n
-    r = len(rows)
+    "index" [(row, start, length) per sequence]}, filled by `Rows`; `rows` pads R to that many
+    (empty rows: doc id -1 everywhere). A sequence longer than row_len is an error."""
+    filler = Rows(row_len)
+    index = [(*filler.place(len(s.ids)), len(s.ids)) for s in sequences]
+    r = max(len(filler.used), rows or 0)
     ids = torch.full((r, row_len), pad_id, dtype=torch.long)
     coords = torch.zeros(r, row_len, 3, dtype=torch.long)
     mask = torch.zeros(r, row_len, dtype=torch.bool)
     doc = torch.full((r, row_len), -1, dtype=torch.long)
-    for row, seqs in enumerate(rows):
-        at = 0
-        for d, s in enumerate(seqs):
-            n = len(s.ids)
-            ids[row, at : at + n], coords[row, at : at + n] = s.ids, s.coords
-            mask[row, at : at + n], doc[row, at : at + n] = s.loss_mask, d
-            at += n
+    docs_in_row: dict[int, int] = {}
+    for s, (row, at, n) in zip(sequences, index):
+        d = docs_in_row[row] = docs_in_row.get(row, -1) + 1
+        ids[row, at : at + n], coords[row, at : at + n] = s.ids, s.coords
+        mask[row, at : at + n], doc[row, at : at + n] = s.loss_mask, d
     return {"ids": ids, "coords": coords, "loss_mask": mask, "doc_ids": doc, "index": index}
