@@ -14,6 +14,7 @@ EXAMPLES = """\
 examples:
   vidlm generate t2v --model shapes-demo --prompt "a red circle moves right" --out red.mp4
   vidlm generate t2i --model shapes-demo --prompt "a blue square" --out blue.png
+  vidlm generate t2v --model shapes-demo --prompt "a red ball going right" --refine --out ball.mp4
   vidlm generate i2v --model shapes-demo --input first.png --prompt "moves down" --out i2v.mp4
   vidlm generate extend --model shapes-demo --input clip.mp4 --direction backward --out past.mp4
   vidlm generate connect --model shapes-demo --input a.mp4 b.mp4 --frames 17 --out mid.mp4
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="video tokenizer folder (overrides MODEL/tokenizer)")
     p.add_argument("--lm", help="LM folder (overrides MODEL/lm)")
     p.add_argument("--prompt", help="the caption")
+    p.add_argument("--refine", action="store_true", help="rewrite a free prompt (\"a red ball going right\") "
+                   "into the training captions' grammar first, and print what was used")
     p.add_argument("--input", nargs="+", default=[], metavar="FILE",
                    help="input image (i2v), video (extend, loop, edit, long) or two videos (connect)")
     p.add_argument("--input-frames", type=int, default=None,
@@ -142,7 +145,8 @@ def main(argv=None) -> int:
     from vidlm.pipeline import VideoGenerator, seam_score
 
     try:
-        gen = VideoGenerator.from_pretrained(args.model, tokenizer=args.tokenizer, lm=args.lm, device=args.device)
+        gen = VideoGenerator.from_pretrained(args.model, tokenizer=args.tokenizer, lm=args.lm, device=args.device,
+                                             refine=args.refine)
         inputs = [read_input(p, args.input_frames, args.fps, args.size, gen.time_factor) for p in args.input]
         video, shown = run_task(gen, args, inputs)
     except (FileNotFoundError, ValueError) as e:  # bad paths, sizes, lengths, too long for the context
@@ -154,6 +158,9 @@ def main(argv=None) -> int:
         video = side_by_side(shown.to(video), video)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_video(args.out, video.clamp(-1, 1).cpu(), fps=args.fps)
+    if gen.refined is not None:
+        filled = ", ".join(f"{k}: {v}" for k, v in gen.refined.filled.items())
+        print(f"caption: {gen.refined.caption}" + (f" (not in the prompt, chosen: {filled})" if filled else ""))
     print(f"wrote {args.out} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]})")
     return 0
 

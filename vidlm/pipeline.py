@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from vidlm.config import resolve_weights
+from vidlm.data.refine import refine_shapes
 from vidlm.lm.sample import CFG, ContextError, stream
 from vidlm.logging import progress_bar
 
@@ -61,7 +62,13 @@ class VideoGenerator:
     and `progress` (a tqdm bar with tokens/s), and returns `Generated(video, codes)`.
     """
 
-    def __init__(self, tokenizer, text_tokenizer, lm, vocab, *, device: str | torch.device | None = None):
+    def __init__(self, tokenizer, text_tokenizer, lm, vocab, *, device: str | torch.device | None = None,
+                 refine=None):
+        """`refine`: None (prompts as given), True (`vidlm.data.refine.refine_shapes`: free prompts
+        into the shapes world's caption grammar) or any function (prompt, seed) -> Refined.
+        `self.refined` is the last refinement made (the caption a task actually used)."""
+        self.refine = refine_shapes if refine is True else (refine or None)
+        self.refined = None
         self.device = torch.device(device) if device is not None else next(lm.parameters()).device
         self.tokenizer = tokenizer.to(self.device).eval()
         self.text_tokenizer = text_tokenizer
@@ -72,7 +79,7 @@ class VideoGenerator:
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path | None = "shapes-demo", *, tokenizer=None, text=None,
-                        lm=None, device: str = "cpu") -> VideoGenerator:
+                        lm=None, device: str = "cpu", refine=None) -> VideoGenerator:
         """Load `path`/tokenizer, `path`/text and `path`/lm; `tokenizer=`, `text=`, `lm=` override
         one part with another folder. `path` may be a shipped name such as "shapes-demo"."""
         from vidlm.data.text import TextTokenizer
@@ -91,11 +98,11 @@ class VideoGenerator:
         text_tok = TextTokenizer.from_dir(dirs["text"])
         model = VideoLM.from_pretrained(dirs["lm"])
         vocab = Vocab.from_pretrained(dirs["lm"])
-        return cls(video_tok, text_tok, model, vocab, device=device)
+        return cls(video_tok, text_tok, model, vocab, device=device, refine=refine)
 
     @classmethod
     def random(cls, lm: str = "debug", *, tokenizer: str = "debug", captions=None, seed: int = 0,
-               device: str = "cpu", **lm_overrides) -> VideoGenerator:
+               device: str = "cpu", refine=None, **lm_overrides) -> VideoGenerator:
         """Random weights at the given presets (tests, benchmarks): speed and shapes are real,
         the videos are noise. The text model is trained in memory on `captions`."""
         from vidlm.data.text import train_text_tokenizer
@@ -112,7 +119,7 @@ class VideoGenerator:
         text_tok = train_text_tokenizer(captions, 64)
         vocab = Vocab.build(video_tok.cfg, text_tok)
         model = VideoLM(LMConfig.from_name(lm, vocab_size=vocab.size, **lm_overrides))
-        return cls(video_tok, text_tok, model, vocab, device=device)
+        return cls(video_tok, text_tok, model, vocab, device=device, refine=refine)
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """Write out_dir/tokenizer, out_dir/text and out_dir/lm (what from_pretrained reads)."""
@@ -218,6 +225,7 @@ class VideoGenerator:
     def _run(self, task: str, frames: int, size, text, known: list[tuple[int, Tensor]],
              what: str, **opts) -> Generated:
         """known: [(latent start time, codes (tk,h,w))] placed into the output grid as they are."""
+        text = self._refined(text, opts.get("seed", 0))
         t = self.latent_frames(frames)
         h, w = self.latent_size(size)
         self._check_fits(task, (t, h, w), text, known, what)
@@ -230,6 +238,12 @@ class VideoGenerator:
         if (grid < 0).any():
             raise RuntimeError(f"{task}: {int((grid < 0).sum())} codes neither known nor generated")
         return Generated(self.decode(grid), grid)
+
+    def _refined(self, text: str | None, seed: int) -> str | None:
+        if self.refine is None or not text or (self.refined and text == self.refined.caption):
+            return text
+        self.refined = self.refine(text, seed)
+        return self.refined.caption
 
     # ------------------------------------------------------------------------------ inputs
     def _clip(self, video: Tensor, size, what: str) -> Tensor:
@@ -337,6 +351,7 @@ class VideoGenerator:
             video = self._clip(text_or_video, None, "long input")
             size = self._size_of(video)
             task, known = "extend-forward", [(0, self.encode(video))]
+        text = self._refined(text, opts.get("seed", 0))
         h, w = self.latent_size(size)
         ctx = context_length(self.lm)
         fits = [k for k in range(1, t_total + 1) if self._need(task, (k, h, w), text, known) <= ctx]
