@@ -46,6 +46,21 @@ DIRECTIONS = {  # (vertical, horizontal) -> the training captions' words
 BAR_WORDS = {"bar", "hidden", "behind", "occluded", "occluder", "wall"}
 
 
+def free_prompt(obj: dict, seed: int) -> str:
+    """How a user might ask for a world object (`render_clip`'s ground truth) in their own words:
+    synonyms for its colour and shape, its motion loosely, no background ("a pink ball heading up
+    and left"). `vidlm eval world` measures t2v on these, with and without refinement."""
+    rng = random.Random(seed)
+    colour = rng.choice([w for w, c in COLOUR_WORDS.items() if c == obj["colour"]])
+    shape = rng.choice([w for w, s in SHAPE_WORDS.items() if s == obj["shape"] and w != "round"])
+    if obj["motion"] != "bouncing":
+        return f"a {colour} {shape} {rng.choice(['dropping', 'falling down', 'that drops'])}"
+    words = {"to the right": "right", "to the lower right": "down and right", "downward": "down",
+             "to the lower left": "down and left", "to the left": "left", "to the upper left": "up and left",
+             "upward": "up", "to the upper right": "up and right"}[obj["direction"]]
+    return f"a {colour} {shape} {rng.choice(['moving', 'heading', 'going', 'drifting'])} {words}"
+
+
 @dataclass
 class Refined:
     prompt: str

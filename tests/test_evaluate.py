@@ -43,7 +43,8 @@ class ScriptedModel:
         return (codes + 0.01 * torch.sin(torch.arange(codes.numel()).reshape(codes.shape))).clamp(-1, 1)
 
     def _answer(self, text, known=None, direction="forward"):
-        clip = self.by_caption[text]
+        blank = torch.zeros_like(next(iter(self.by_caption.values())))  # a prompt not from a clip
+        clip = self.by_caption.get(text, blank)
         if self.frozen and known is not None:
             hold = known[:, -1:] if direction == "forward" else known[:, :1]
             fill = hold.expand(-1, clip.shape[1] - known.shape[1], -1, -1)

@@ -39,6 +39,7 @@ import numpy as np
 
 from vidlm.config import parse_size
 from vidlm.data.encode import to_uint8
+from vidlm.data.refine import free_prompt, refine_shapes
 
 EVAL_SEED_BASE = 2**32
 """Held-out clip seeds start here. Training clips come from `synth_shards`, whose clip seeds are
@@ -143,9 +144,9 @@ def latent_frames_span(k0: int, k1: int, f: int) -> range:
     return range(start, f * (k1 - 1) + 1)
 
 
-def verdict(video, obj: dict, background: str) -> tuple[bool, bool]:
+def verdict(video, obj: dict, background: str | None) -> tuple[bool, bool]:
     """Whether the colour and the shape the detector reads most often in the frames of video
-    (C,T,H,W) are the object's."""
+    (C,T,H,W) are the object's (background None: read from the frames)."""
     found = observe(video, background)
     return (majority([o and o["colour"] for o in found]) == obj["colour"],
             majority([o and o["shape"] for o in found]) == obj["shape"])
@@ -187,6 +188,13 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
         colour_ok, shape_ok = verdict(clip, obj, bg)
         add(prefix + "colour_ok", [colour_ok])
         add(prefix + "shape_ok", [shape_ok])
+
+    # free prompts ("a pink ball heading up and left"), as given and refined into the grammar
+    free = free_prompt(obj, opts.get("seed", 0))
+    for key, text in (("free_", free), ("refined_", refine_shapes(free, opts.get("seed", 0)).caption)):
+        colour_ok, shape_ok = verdict(gen.t2v(text, frames=frames, size=size, **opts).video.cpu(), obj, None)
+        add(key + "colour_ok", [colour_ok])
+        add(key + "shape_ok", [shape_ok])
 
     image = gen.t2i(caption, size=size, **opts).video.cpu()
     add("t2i", identity_matches(observe(image, bg), obj["colour"], obj["shape"]))
@@ -260,6 +268,9 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
         "detector_shape_accuracy_on_truth": mean("det_shape_ok"),
         "detector_color_accuracy_on_reconstruction": mean("rec_colour_ok"),
         "detector_shape_accuracy_on_reconstruction": mean("rec_shape_ok"),
+        "free_prompt": {"color_accuracy": mean("free_colour_ok"), "shape_accuracy": mean("free_shape_ok"),
+                        "refined_color_accuracy": mean("refined_colour_ok"),
+                        "refined_shape_accuracy": mean("refined_shape_ok")},
         "settings": {"num": num, "seed": seed, "frames": frames, "known_frames": known,
                      "size": list(size), "sampling": sampling, "seconds": round(time.time() - started, 1)},
     }
@@ -291,6 +302,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{task:<20} {e['model']:>8.2f} {e['copy_last']:>10.2f} {e['const_velocity']:>10.2f}")
     lines.append(f"generated frames with a detected object (extend, connect): {report['detection_rate']:.3f} "
                  "(a frame without one counts the canvas centre as its guess)")
+    f = report["free_prompt"]
+    lines.append(f"t2v on free prompts (\"a pink ball heading left\"): colour {f['color_accuracy']:.3f}, shape "
+                 f"{f['shape_accuracy']:.3f}; refined (--refine): colour {f['refined_color_accuracy']:.3f}, "
+                 f"shape {f['refined_shape_accuracy']:.3f}")
     lines.append(f"detector on the ground truth: colour {report['detector_color_accuracy_on_truth']:.3f}, "
                  f"shape {report['detector_shape_accuracy_on_truth']:.3f}")
     return "\n".join(lines)
