@@ -203,15 +203,6 @@ def detect_objects(frame: np.ndarray, *, background: str | None = None, min_pixe
     return out
 
 
-def track_objects(video: np.ndarray, **kw) -> dict[str, list]:
-    """Per colour, the centre (x, y) in every frame of (T, H, W, 3) uint8 (None where absent)."""
-    tracks: dict[str, list] = {}
-    for k, frame in enumerate(video):
-        for obj in detect_objects(frame, **kw):
-            tracks.setdefault(obj["colour"], [None] * len(video))[k] = obj["centre"]
-    return tracks
-
-
 # ----------------------------------------------------------------------------- shards
 def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)[0])
