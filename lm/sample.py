@@ -275,24 +275,9 @@ def stream(
         yield token
 
 
-def generate(
-    model,
-    prompt,
-    *,
-    max_new_tokens: int | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    cfg: CFG | None = None,
-    generator: torch.Generator | None = None,
-    legal: tuple[int, int] | None = None,
-    **options,
-) -> Tensor:
-    """All new ids at once, (B, N): `stream` collected (same arguments; `options` are its
-    use_cache / window / keep / cache)."""
-    tokens = list(stream(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, cfg=cfg, generator=generator, legal=legal,
-                         **options))
+def generate(model, prompt, **options) -> Tensor:
+    """All new ids at once, (B, N): `stream` collected (the same arguments)."""
+    tokens = list(stream(model, prompt, **options))
     if not tokens:
         return torch.zeros(len(_as_list(prompt)), 0, dtype=torch.long)
     return torch.stack(tokens, 1)

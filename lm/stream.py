@@ -18,6 +18,7 @@ from vidlm.lm.tokendata import Rows, TokenClip, pack, read_clips
 from vidlm.lm.vocab import Vocab
 
 from vidlm import runtime as rt
+from vidlm.logging import entropy
 
 
 def load_data(cfg: TrainConfig, data: str | None) -> tuple[list[TokenClip], list[TokenClip], Vocab]:
@@ -99,8 +100,7 @@ def unigram_entropy(clips: list[TokenClip], code_size: int) -> float:
     counts = torch.zeros(code_size, dtype=torch.float64)
     for c in clips:
         counts += torch.bincount(c.codes.flatten(), minlength=code_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log()).sum())
+    return entropy(counts)
 
 
 @torch.no_grad()

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from vidlm.logging import entropy
+
 
 def _frames01(x: Tensor) -> Tensor:
     # (B,C,T,H,W) in [-1,1] -> (B*T, C, H, W) in [0,1]
@@ -62,7 +64,4 @@ def ssim(recon: Tensor, target: Tensor) -> Tensor:
 def code_stats(counts: Tensor) -> dict[str, float]:
     """Codebook usage (fraction of codes used) and perplexity (exp of the code entropy) from a
     histogram of code ids (codebook_size,)."""
-    counts = counts.double()
-    p = counts / counts.sum().clamp_min(1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
-    return {"usage": float((counts > 0).double().mean()), "perplexity": math.exp(entropy)}
+    return {"usage": float((counts > 0).double().mean()), "perplexity": math.exp(entropy(counts))}

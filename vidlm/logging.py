@@ -45,6 +45,13 @@ class _Lines(io.TextIOBase):
         self.stream.flush()
 
 
+def entropy(counts: torch.Tensor) -> float:
+    """Entropy in nats of a histogram (the code statistics both trainers log)."""
+    p = counts.double()[counts > 0]
+    p = p / p.sum()
+    return float(-(p * p.log()).sum())
+
+
 def progress_bar(iterable=None, *, file=None, **kwargs):
     """A tqdm bar on a terminal; elsewhere a plain line every PLAIN_EVERY seconds (and at the
     end). Takes tqdm's arguments."""
