@@ -185,7 +185,7 @@ def test_kill_9_in_the_middle_of_a_save_resumes_exactly(stage, nproc, shards, to
     resumed, straight = step_losses(tmp_path / "run"), step_losses(tmp_path / "straight")
     assert sorted(straight) == list(range(1, 7)) and resumed == straight
     meta = json.loads((tmp_path / "run" / "step-6" / "meta.json").read_text())
-    assert meta["world_size"] == nproc
+    assert meta["world_size"] == nproc and meta["engines"] == (["model"] if stage == "lm" else ["discriminator", "generator"])
     assert {p.name for p in (tmp_path / "run" / "step-6").iterdir()} >= {f"rank-{r}.pt" for r in range(nproc)}
 
 
