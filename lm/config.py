@@ -171,9 +171,9 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        cfg = self.lm_config(vocab_size=PRESETS[self.preset].vocab_size) if self.preset in PRESETS else None
-        if cfg is None:
+        if self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r} is not one of {list(PRESETS)}")
+        cfg = self.lm_config(vocab_size=PRESETS[self.preset].vocab_size)
         if self.seq_len is not None and not 8 <= self.seq_len <= cfg.max_seq_len:
             raise ValueError(f"seq_len {self.seq_len} must be in 8..max_seq_len ({cfg.max_seq_len})")
 
