@@ -20,7 +20,7 @@ setup() {
     if curl -sfI --max-time 5 https://download.pytorch.org/whl/cpu/torch/ >/dev/null 2>&1; then
         index=(--extra-index-url https://download.pytorch.org/whl/cpu)
     fi
-    "$venv/bin/python" -m pip install -q -c constraints.txt "${index[@]}" -e ".[dev,bench]"
+    "$venv/bin/python" -m pip install -q -c constraints.txt "${index[@]}" -e ".[dev,bench,serve]"
     touch "$stamp"
 }
 

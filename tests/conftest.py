@@ -14,6 +14,19 @@ def real_data_dir() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture(scope="session")
+def debug_model_dir(tmp_path_factory) -> Path:
+    """A model folder (tokenizer/ text/ lm/) with the debug presets' random weights, seed 0."""
+    import torch
+
+    from vidlm.pipeline import VideoGenerator
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("debug-model")
+    VideoGenerator.random("debug", tokenizer="debug").save_pretrained(root)
+    return root
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -2,19 +2,8 @@
 
 import numpy as np
 import pytest
-import torch
 
 from vidlm.generate import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from vidlm.pipeline import VideoGenerator
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("model")
-    VideoGenerator.random("debug", tokenizer="debug").save_pretrained(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +39,10 @@ def read_frames(path):
         ("long", ["--prompt", "a red circle", "--seconds", "1.0"], "long.mp4", 9),
     ],
 )
-def test_every_task_writes_its_file(task, extra, out, frames, model_dir, inputs, tmp_path, capsys):
+def test_every_task_writes_its_file(task, extra, out, frames, debug_model_dir, inputs, tmp_path, capsys):
     extra = [e.format(**{k: str(v) for k, v in inputs.items()}) for e in extra]
     path = tmp_path / out
-    args = [task, "--model", str(model_dir), "--size", "16x16", "--seed", "1", "--out", str(path)]
+    args = [task, "--model", str(debug_model_dir), "--size", "16x16", "--seed", "1", "--out", str(path)]
     assert main(args + extra) == 0
     text = capsys.readouterr().out
     assert path.is_file() and f"{frames} frames" in text
@@ -63,20 +52,20 @@ def test_every_task_writes_its_file(task, extra, out, frames, model_dir, inputs,
         assert read_frames(path).shape[0] == frames
 
 
-def test_side_by_side_is_twice_as_wide(model_dir, inputs, tmp_path, capsys):
+def test_side_by_side_is_twice_as_wide(debug_model_dir, inputs, tmp_path, capsys):
     path = tmp_path / "edit.gif"
-    args = ["edit", "--model", str(model_dir), "--input", str(inputs["a"]), "--prompt", "a red circle",
+    args = ["edit", "--model", str(debug_model_dir), "--input", str(inputs["a"]), "--prompt", "a red circle",
             "--size", "16x16", "--side-by-side", "--out", str(path)]
     assert main(args) == 0
     assert read_frames(path).shape[1:3] == (16, 32)
 
 
-def test_bad_requests_fail_clearly(model_dir, tmp_path, capsys):
+def test_bad_requests_fail_clearly(debug_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="takes 2 --input"):
-        main(["connect", "--model", str(model_dir), "--input", "x.mp4", "--out", str(tmp_path / "o.mp4")])
+        main(["connect", "--model", str(debug_model_dir), "--input", "x.mp4", "--out", str(tmp_path / "o.mp4")])
     with pytest.raises(SystemExit, match="must end in"):
-        main(["t2v", "--model", str(model_dir), "--prompt", "x", "--out", str(tmp_path / "o.avi")])
+        main(["t2v", "--model", str(debug_model_dir), "--prompt", "x", "--out", str(tmp_path / "o.avi")])
     # too long for the context: exit code 2 and a message that says what fits
-    args = ["t2v", "--model", str(model_dir), "--prompt", "x", "--frames", "157", "--size", "16x16"]
+    args = ["t2v", "--model", str(debug_model_dir), "--prompt", "x", "--frames", "157", "--size", "16x16"]
     assert main(args + ["--out", str(tmp_path / "o.mp4")]) == 2
     assert "frames fit" in capsys.readouterr().err

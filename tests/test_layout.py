@@ -56,7 +56,7 @@ def layer(module: str) -> str | None:
         return "floor"
     if module in JOIN:
         return "join"
-    if module == "vidlm.cli" or module.endswith(".cli") or module in ("vidlm.generate", "vidlm.bench", "vidlm.__main__"):
+    if module == "vidlm.cli" or module.endswith(".cli") or module in ("vidlm.generate", "vidlm.serve", "vidlm.bench", "vidlm.__main__"):
         return "cli"
     parts = module.split(".")
     return parts[1] if len(parts) > 2 and parts[1] in ("data", "tokenizer", "lm") else None

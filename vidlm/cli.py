@@ -4,6 +4,7 @@
     vidlm tokenizer ...   train, evaluate and export the video tokenizer (vidlm.tokenizer.cli)
     vidlm lm ...          train and export the video LM                (vidlm.lm.cli)
     vidlm generate ...    sample videos for a task                     (vidlm.generate)
+    vidlm serve           a local web app for every task (Gradio)      (vidlm.serve)
     vidlm demo            the end-to-end demo on the shapes world      (vidlm.demo)
     vidlm eval ...        world-simulation evaluation                  (vidlm.evaluate)
     vidlm bench ...       benchmarks (bench/)                          (vidlm.bench)
@@ -22,6 +23,7 @@ COMMANDS = {
     "tokenizer": ("vidlm.tokenizer.cli", "train, evaluate and export the video tokenizer"),
     "lm": ("vidlm.lm.cli", "train and export the video LM"),
     "generate": ("vidlm.generate", "generate videos: t2v, t2i, i2v, extend, connect, loop, edit, long"),
+    "serve": ("vidlm.serve", "a local web app for every task (Gradio; vidlm[serve])"),
     "demo": ("vidlm.demo", "end-to-end demo on the shapes world"),
     "eval": ("vidlm.evaluate", "world-simulation evaluation"),
     "bench": ("vidlm.bench", "benchmarks of a source checkout (bench/)"),

@@ -72,7 +72,7 @@ def read_input(path: str, frames: int | None, fps: float, size: tuple[int, int] 
     from vidlm.data.video import probe, read_clip
 
     if not Path(path).is_file():
-        raise SystemExit(f"vidlm generate: input {path} does not exist")
+        raise FileNotFoundError(f"input {path} does not exist")
     if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp") and frames is None:
         import imageio.v3 as iio
 
@@ -89,12 +89,16 @@ def read_input(path: str, frames: int | None, fps: float, size: tuple[int, int] 
 
 
 def run_task(gen, args, inputs):
-    """Call the generator method for args.task; (output (C,T,H,W), input shown side by side or None)."""
+    """Call the generator method for args.task (the fields of build_parser; `progress` as
+    VideoGenerator takes it, default True); (Generated, the input to show beside it or None).
+    `vidlm generate` and `vidlm serve` both run tasks through here."""
     opts = {"seed": args.seed, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-                "cfg_text": args.cfg_text, "cfg_visual": args.cfg_visual, "progress": True}
+            "cfg_text": args.cfg_text, "cfg_visual": args.cfg_visual,
+            "progress": getattr(args, "progress", True)}
     size = args.size or (tuple(inputs[0].shape[-1:-3:-1]) if inputs else (64, 64))
-    if args.task in ("t2v", "t2i", "long", "loop") and not args.prompt and not inputs:
-        raise SystemExit(f"vidlm generate {args.task}: needs --prompt")
+    if args.task in ("t2v", "t2i", "long", "loop", "edit") and not (args.prompt or "").strip() and not (
+            inputs and args.task != "edit"):
+        raise ValueError(f"{args.task} needs a prompt" + (" or an input video" if args.task in ("long", "loop") else ""))
     t = args.task
     if t == "t2v":
         out = gen.t2v(args.prompt, frames=args.frames, size=size, **opts)
@@ -117,7 +121,7 @@ def run_task(gen, args, inputs):
     else:
         source = inputs[0] if inputs else args.prompt
         out = gen.long(source, seconds=args.seconds, fps=args.fps, size=size, text=args.prompt if inputs else None, **opts)
-    return out.video, (inputs[0] if inputs else None)
+    return out, (inputs[0] if inputs else None)
 
 
 def side_by_side(left, right):
@@ -148,7 +152,8 @@ def main(argv=None) -> int:
         gen = VideoGenerator.from_pretrained(args.model, tokenizer=args.tokenizer, lm=args.lm, device=args.device,
                                              refine=args.refine)
         inputs = [read_input(p, args.input_frames, args.fps, args.size, gen.time_factor) for p in args.input]
-        video, shown = run_task(gen, args, inputs)
+        out, shown = run_task(gen, args, inputs)
+        video = out.video
     except (FileNotFoundError, ValueError) as e:  # bad paths, sizes, lengths, too long for the context
         print(f"vidlm generate {args.task}: {e}", file=sys.stderr)
         return 2

@@ -59,7 +59,8 @@ class VideoGenerator:
 
     Every method takes `seed`, sampling options (`temperature`, `top_k`, `top_p`), guidance
     scales (`cfg_text`, `cfg_visual`; 1 = plain conditional sampling, see `vidlm.lm.sample.CFG`)
-    and `progress` (a tqdm bar with tokens/s), and returns `Generated(video, codes)`.
+    and `progress` (True: a tqdm bar with tokens/s; or a function (done, total) called after
+    every sampled code, which may raise to stop sampling), and returns `Generated(video, codes)`.
     """
 
     def __init__(self, tokenizer, text_tokenizer, lm, vocab, *, device: str | torch.device | None = None,
@@ -214,11 +215,14 @@ class VideoGenerator:
         tokens = stream(self.lm, cond, cfg=cfg, generator=generator, temperature=temperature,
                         top_k=top_k, top_p=top_p, legal=self.vocab.code_range, window=window, keep=keep,
                         period=period)
-        out = []
-        with progress_bar(total=len(cond.gen_coords), unit="tok", desc=task, disable=not progress) as bar:
+        out, total = [], len(cond.gen_coords)
+        report = progress if callable(progress) else None
+        with progress_bar(total=total, unit="tok", desc=task, disable=progress is not True) as bar:
             for token in tokens:
                 out.append(token)
                 bar.update(1)
+                if report is not None:
+                    report(len(out), total)
         ids = torch.cat(out)
         return torch.as_tensor(cond.gen_coords), self.vocab.ids_to_codes(ids)
 
