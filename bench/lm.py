@@ -14,6 +14,13 @@ then measures in one process, one warm-up and `--repeats` interleaved pairs each
 and prints medians and ratios (ours / HF; > 1 is faster, < 1 is less memory for memory).
 Finally it times a 17-frame 64x64 text-to-video clip with the `demo` presets (random weights:
 the speed does not depend on what the weights learned).
+
+With --model (trained weights, e.g. shapes-demo) it also measures speculative decoding, where
+speed does depend on the weights: seconds per 17-frame 64x64 t2v clip with text CFG, plain
+decode vs speculative, at temperature 0 and 1; the same number of codes decoded by HF
+`generate` with the same weights and rows (greedy; HF has no CFG, so its two rows decode the
+same prompt); and the share of drafts kept per task and per draft kind. --out writes the
+ratios as JSON (decode_vs_hf, train_vs_hf, speculative_vs_plain, speculative_vs_hf, acceptance).
 """
 
 from __future__ import annotations
@@ -199,6 +206,71 @@ def clip_seconds(repeats: int) -> float:
     return statistics.median(times[1:])
 
 
+TASK_CALLS = {  # task -> call on a VideoGenerator, from a held-out shapes-world clip and its caption
+    "t2v": lambda g, v, c, **o: g.t2v(c, frames=17, size=(64, 64), **o),
+    "t2i": lambda g, v, c, **o: g.t2i(c, size=(64, 64), **o),
+    "i2v": lambda g, v, c, **o: g.i2v(v[:, 0], c, frames=17, **o),
+    "extend-forward": lambda g, v, c, **o: g.extend(v[:, :5], "forward", frames=17, **o),
+    "extend-backward": lambda g, v, c, **o: g.extend(v[:, -5:], "backward", frames=17, **o),
+    "connect": lambda g, v, c, **o: g.connect(v[:, :5], v[:, -5:], frames=17, **o),
+    "loop": lambda g, v, c, **o: g.loop(v[:, :5], frames=17, **o),
+    "edit": lambda g, v, c, **o: g.edit(v, c, **o),
+}
+
+
+def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
+    """Clip seconds plain vs speculative (temperature 0 and 1), HF generate on the same rows and
+    codes, and the drafts kept per task (temperature 1)."""
+    from vidlm.evaluate import heldout_clips
+    from vidlm.pipeline import SPECULATIVE, VideoGenerator
+
+    gen = VideoGenerator.from_pretrained(model_name)
+    caption = "a red circle bouncing to the right on a black background"
+    out = {"clip_seconds": {}}
+    for temperature in (0.0, 1.0):
+        for draft in (0, SPECULATIVE):
+            times = []
+            for seed in range(1 + repeats):
+                t0 = time.perf_counter()
+                gen.t2v(caption, temperature=temperature, cfg_text=cfg_text, seed=seed, speculative=draft)
+                times.append(time.perf_counter() - t0)
+            key = f"{'speculative' if draft else 'plain'} T={temperature:g}"
+            out["clip_seconds"][key] = statistics.median(times[1:])
+            print(f"t2v 17x64x64, CFG {cfg_text:g}, {key:<16} {out['clip_seconds'][key]:6.2f} s per clip")
+    codes = gen.stats["tokens"]
+    hf = to_hf(gen.lm)
+    ids = torch.randint(*gen.vocab.code_range, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            hf.generate(ids, max_new_tokens=codes, min_new_tokens=codes, do_sample=False, use_cache=True,
+                        pad_token_id=0)
+            times.append(time.perf_counter() - t0)
+    out["hf_seconds"] = statistics.median(times)
+    print(f"HF generate, the same weights, 2 rows x {codes} codes, greedy: {out['hf_seconds']:6.2f} s")
+    acceptance = {}
+    video, clip_caption, _ = heldout_clips(1, 0)[0]
+    for task, call in TASK_CALLS.items():
+        call(gen, video, clip_caption, cfg_text=cfg_text, seed=0)
+        st = gen.stats
+        proposed = sum(st["proposed"].values())
+        acceptance[task] = {"kept": round(sum(st["accepted"].values()) / max(proposed, 1), 3),
+                            "codes_per_pass": round(st["tokens"] / (st["forwards"] + 1), 2),
+                            **{kind: f"{st['accepted'][kind]}/{n}" for kind, n in st["proposed"].items()}}
+        print(f"  {task:<16} drafts kept {acceptance[task]['kept']:.0%}, "
+              f"{acceptance[task]['codes_per_pass']:.2f} codes per pass (T=1, CFG {cfg_text:g})")
+    c = out["clip_seconds"]
+    out.update(acceptance=acceptance,
+               speculative_vs_plain={t: round(c[f"plain T={t}"] / c[f"speculative T={t}"], 2) for t in ("0", "1")},
+               speculative_vs_hf={t: round(out["hf_seconds"] / c[f"speculative T={t}"], 2) for t in ("0", "1")})
+    print(f"speculative vs plain: x{out['speculative_vs_plain']['0']:.2f} (T=0), "
+          f"x{out['speculative_vs_plain']['1']:.2f} (T=1); vs HF: x{out['speculative_vs_hf']['0']:.2f} (T=0), "
+          f"x{out['speculative_vs_hf']['1']:.2f} (T=1)  (targets >= 2.0 and >= 2.5)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/lm.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,6 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-clip", action="store_true", help="skip the 17-frame demo clip timing")
+    p.add_argument("--model", help="trained weights (e.g. shapes-demo): also measure speculative decoding")
+    p.add_argument("--out", help="write the ratios to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -242,6 +316,14 @@ def main(argv=None) -> int:
     if not args.no_clip:
         print(f"17-frame 64x64 t2v clip, demo presets: {clip_seconds(args.repeats):.2f} s "
               f"(median of {args.repeats}, after one warm-up)")
+    report = {"decode_vs_hf": round(decode, 2), "prefill_vs_hf": round(prefill, 2), "train_vs_hf": round(train, 2)}
+    if args.model:
+        report.update(speculative(args.model, args.repeats))
+    if args.out:
+        import json
+
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
     return 0
 
 

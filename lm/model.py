@@ -70,6 +70,13 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[2]
 
+    def truncate(self, length: int) -> None:
+        """Forget the cached tokens from `length` on (speculative decoding's rejected drafts)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate({length}) with {self.length} cached tokens")
+        self.doc[:, length : self.length] = -1
+        self.length = length
+
     def keep_last(self, n: int, sink: int = 0) -> None:
         """Sliding window: keep the first `sink` cached tokens (the prompt) and the last n (moved
         to follow them); the ones between are dropped."""

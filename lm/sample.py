@@ -155,31 +155,66 @@ def sample_logits(
                          f"{temperature}, {top_k}, {top_p}")
     if temperature == 0:
         return logits.argmax(-1)
+    return draw(filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p), generator)
+
+
+def filtered_probs(logits: Tensor, *, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> Tensor:
+    """The distribution sample_logits draws from (temperature > 0): logits (..., V) -> probs."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
+    return logits.softmax(-1)
+
+
+def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One index per row of probs (B,V)."""
     # Gumbel-max in its exponential form: argmax(p / q), q ~ Exp(1), seeded by `generator`.
     q = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / q).argmax(-1)
 
 
 def _restrict(logits: Tensor, legal: tuple[int, int] | None) -> Tensor:
-    return logits if legal is None else logits[:, legal[0] : legal[1]]
+    return logits if legal is None else logits[..., legal[0] : legal[1]]
 
 
 def _combine(logits: Tensor, weights: list[float], batch: int) -> Tensor:
-    """(G*B, V) logits of G prompt variants -> (B, V) guided logits, the weighted sum."""
+    """(G*B, ..., V) logits of G prompt variants -> (B, ..., V) guided logits, the weighted sum."""
     if len(weights) == 1 and weights[0] == 1.0:
         return logits
-    rows = logits.view(len(weights), batch, -1)
+    rows = logits.view(len(weights), batch, *logits.shape[1:])
     return sum(w * rows[g] for g, w in enumerate(weights))
+
+
+DRAFT_KINDS = ("previous frame", "left")
+
+
+def draft_sources(prompt, legal: tuple[int, int] | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Where speculative decoding takes the draft of each position to generate, from coordinates
+    alone: the code at the same (y, x) one latent frame away (t-1, else t+1: backgrounds and
+    slow objects repeat), else the code to its left in the same row. Sources are the prompt's
+    known codes (ids inside `legal`) and positions generated earlier. Returns source (N,): an
+    index into the timeline [known codes (K), generated (N)], -1 for none; kind (N,): an index
+    into DRAFT_KINDS; known (K,): the known codes' ids."""
+    ids, coords = torch.as_tensor(prompt.ids), torch.as_tensor(prompt.coords)
+    is_code = torch.ones_like(ids, dtype=torch.bool) if legal is None else (ids >= legal[0]) & (ids < legal[1])
+    known = ids[is_code]
+    where = {tuple(c): i for i, c in enumerate(coords[is_code].tolist())}
+    gen = torch.as_tensor(prompt.gen_coords).tolist()
+    source, kind = torch.full((len(gen),), -1, dtype=torch.long), torch.zeros(len(gen), dtype=torch.long)
+    for j, (t, y, x) in enumerate(gen):
+        for k, near in ((0, (t - 1, y, x)), (0, (t + 1, y, x)), (1, (t, y, x - 1))):
+            if near in where:
+                source[j], kind[j] = where[near], k
+                break
+        where[(t, y, x)] = len(known) + j
+    return source, kind, known
 
 
 @torch.inference_mode()
@@ -199,6 +234,8 @@ def stream(
     keep: int | None = None,
     period: int = 1,
     cache=None,
+    draft: int = 0,
+    stats: dict | None = None,
 ) -> Iterator[Tensor]:
     """Yield the new ids (B,) one position at a time, as they are sampled.
 
@@ -216,6 +253,13 @@ def stream(
       multiple of `period` generated tokens (a latent frame, h*w tokens, for videos).
     cache: an allocated KV cache to use (default: one sized to the request). Its rows are the
       prompt rows (times the CFG variants); the prompt is appended after what it already holds.
+    draft: speculative decoding with up to `draft` proposed tokens per forward pass (one prompt
+      only; 0 = off). Drafts come from coordinates (`draft_sources`) and are verified in one
+      pass: draft d is kept with probability p(d) under the final (guided, filtered)
+      distribution p, and on rejection the token is drawn from p without d, renormalised, so
+      the tokens follow exactly the distribution of plain sampling (at temperature 0: the
+      same tokens as plain greedy decoding). Rejected positions leave the KV cache.
+    stats: a dict to count into: forwards, and per draft kind proposed / accepted.
     """
     prompts = _as_list(prompt)
     groups = cfg_groups(prompts, cfg)
@@ -267,12 +311,92 @@ def stream(
     token = pick(prefill(model, ids, coords, cache, doc_ids))
     sink = cache.length  # the prompt (after whatever the cache held before it)
     yield token
+    if draft > 0 and batch == 1:
+        options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        yield from _speculate(model, prompts[0], token, gen, cache, n, draft=draft, legal=legal, weights=weights,
+                              options=options, generator=generator, window=window, keep=keep, period=period,
+                              sink=sink, stats=stats)
+        return
     for i in range(1, n):
         if window is not None and cache.length >= window:
             cache.keep_last(keep + (i - 1) % period, sink)  # i - 1 generated tokens were cached
         logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache, row_doc)
         token = pick(logits)
         yield token
+
+
+def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, options, generator, window, keep,
+               period, sink, stats) -> Iterator[Tensor]:
+    """stream's decode loop with drafts (one prompt; its CFG variants are the cache's rows):
+    each forward pass appends the last sampled token and up to `draft` drafts, keeps the
+    longest accepted run plus one token sampled at the first rejection (or after the run)."""
+    rows, lo = len(weights), legal[0] if legal is not None else 0
+    source, kind, known = draft_sources(prompt, legal)
+    timeline = torch.cat([known, torch.full((n,), -1, dtype=torch.long)]).tolist()
+    base, i = len(known), 1  # i tokens emitted; the last one (token) is not cached yet
+    timeline[base] = int(token)
+    counts = stats if stats is not None else {}
+    for name in ("proposed", "accepted"):
+        counts.setdefault(name, dict.fromkeys(DRAFT_KINDS, 0))
+    counts.setdefault("forwards", 0)
+    # Drafts per pass: +2 after a pass that kept them all, -1 after one that did not; none while
+    # fewer than one in four are kept (a pass with drafts costs more than a plain step), but a
+    # probe of one draft every 8th pass to notice when the model turns sure again.
+    length, rate, passes = draft, 1.0, 0
+    while i < n:
+        passes += 1
+        if rate < 0.25:
+            length = 1 if passes % 8 == 0 else 0
+        if window is not None and cache.length >= window:  # slide exactly where plain decoding does
+            cache.keep_last(keep + (i - 1) % period, sink)
+        room = (window if window is not None else cache.max_len) - cache.length - 1
+        drafts = []
+        for j in range(i, i + max(0, min(length, n - 1 - i, room))):
+            value = timeline[source[j]] if source[j] >= 0 else -1
+            if value < 0:
+                break
+            drafts.append(value)
+            timeline[base + j] = value  # tentative: a later draft may copy it
+        block = torch.tensor([int(token), *drafts], device=gen.device)
+        start = cache.length
+        logits = model(block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache=cache,
+                       doc_ids=torch.zeros(rows, len(block), dtype=torch.long, device=gen.device))
+        guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
+        counts["forwards"] += 1
+        out, new = [], None
+        probs = filtered_probs(guided, **options) if options["temperature"] > 0 else None
+        for j, d in enumerate(drafts):
+            name = DRAFT_KINDS[kind[i + j]]
+            counts["proposed"][name] += 1
+            if probs is None:
+                best = int(guided[j].argmax())
+                if best != d - lo:
+                    new = best
+                    break
+            elif float(torch.rand((), generator=generator, device=probs.device)) >= float(probs[j, d - lo]):
+                residual = probs[j].clone()
+                residual[d - lo] = 0.0  # p without the draft, renormalised (draw does not need the sum)
+                new = int(draw(residual[None], generator)[0])
+                break
+            counts["accepted"][name] += 1
+            out.append(d)
+        if new is None:  # every draft kept: one more token from the pass's last position
+            last = guided[len(drafts)][None]
+            new = int(last.argmax(-1)[0] if probs is None else draw(probs[len(drafts)][None], generator)[0])
+        out.append(new + lo)
+        if drafts:
+            rate = 0.8 * rate + 0.2 * (len(out) - 1) / len(drafts)
+        length = min(draft, length + 2) if len(out) > len(drafts) else max(1, length - 1)
+        cache.truncate(start + len(out))  # the last sampled token, and the kept drafts
+        for j, value in enumerate(out):
+            timeline[base + i + j] = value
+        for j in range(i + len(out), i + len(drafts) + 1):
+            if j < n:
+                timeline[base + j] = -1
+        i += len(out)
+        token = torch.tensor([out[-1]], device=gen.device)
+        for value in out:
+            yield torch.tensor([value], device=gen.device)
 
 
 def generate(model, prompt, **options) -> Tensor:

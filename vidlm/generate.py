@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--cfg-text", type=float, default=1.0, help="text guidance scale (1 = none)")
     p.add_argument("--cfg-visual", type=float, default=1.0, help="visual-condition guidance scale (1 = none)")
+    p.add_argument("--no-speculative", action="store_true",
+                   help="plain decoding, one forward pass per code (the default drafts codes from the previous "
+                        "latent frame and verifies them in one pass: the same distribution, fewer passes)")
+    p.add_argument("--verbose", action="store_true", help="print forward passes and the drafts' acceptance")
     p.add_argument("--side-by-side", action="store_true", help="write input | output")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, type=Path, help="FILE.mp4 / .gif / .webp / .png")
@@ -92,9 +96,12 @@ def run_task(gen, args, inputs):
     """Call the generator method for args.task (the fields of build_parser; `progress` as
     VideoGenerator takes it, default True); (Generated, the input to show beside it or None).
     `vidlm generate` and `vidlm serve` both run tasks through here."""
+    from vidlm.pipeline import SPECULATIVE
+
     opts = {"seed": args.seed, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "cfg_text": args.cfg_text, "cfg_visual": args.cfg_visual,
-            "progress": getattr(args, "progress", True)}
+            "progress": getattr(args, "progress", True),
+            "speculative": 0 if getattr(args, "no_speculative", False) else SPECULATIVE}
     size = args.size or (tuple(inputs[0].shape[-1:-3:-1]) if inputs else (64, 64))
     if args.task in ("t2v", "t2i", "long", "loop", "edit") and not (args.prompt or "").strip() and not (
             inputs and args.task != "edit"):
@@ -122,6 +129,15 @@ def run_task(gen, args, inputs):
         source = inputs[0] if inputs else args.prompt
         out = gen.long(source, seconds=args.seconds, fps=args.fps, size=size, text=args.prompt if inputs else None, **opts)
     return out, (inputs[0] if inputs else None)
+
+
+def speculation_report(stats: dict) -> str:
+    """One line from VideoGenerator.stats: passes per code and the drafts kept, per kind."""
+    if "forwards" not in stats:
+        return f"plain decoding: {stats.get('tokens', 0)} codes, one forward pass each"
+    kinds = ", ".join(f"{kind} {stats['accepted'][kind]}/{n} kept" for kind, n in stats["proposed"].items() if n)
+    return (f"speculative decoding: {stats['tokens']} codes in {stats['forwards'] + 1} forward passes "
+            f"({stats['tokens'] / (stats['forwards'] + 1):.2f} codes per pass); drafts: {kinds or 'none'}")
 
 
 def side_by_side(left, right):
@@ -166,6 +182,8 @@ def main(argv=None) -> int:
     if gen.refined is not None:
         filled = ", ".join(f"{k}: {v}" for k, v in gen.refined.filled.items())
         print(f"caption: {gen.refined.caption}" + (f" (not in the prompt, chosen: {filled})" if filled else ""))
+    if args.verbose:
+        print(speculation_report(gen.stats))
     print(f"wrote {args.out} ({video.shape[1]} frames, {video.shape[3]}x{video.shape[2]})")
     return 0
 

@@ -26,6 +26,10 @@ from vidlm.data.refine import refine_shapes
 from vidlm.lm.sample import CFG, ContextError, stream
 from vidlm.logging import progress_bar
 
+SPECULATIVE = 8
+"""Drafts per forward pass in every task's sampling (`vidlm.lm.sample.stream`'s `draft`): the
+same distribution as plain sampling, fewer passes where the model is sure; 0 turns it off."""
+
 
 class Generated(NamedTuple):
     """What every task returns: `video, codes = gen.t2v(...)`."""
@@ -58,7 +62,8 @@ class VideoGenerator:
     """Video tokenizer + text tokenizer + VideoLM + Vocab, with one method per task.
 
     Every method takes `seed`, sampling options (`temperature`, `top_k`, `top_p`), guidance
-    scales (`cfg_text`, `cfg_visual`; 1 = plain conditional sampling, see `vidlm.lm.sample.CFG`)
+    scales (`cfg_text`, `cfg_visual`; 1 = plain conditional sampling, see `vidlm.lm.sample.CFG`),
+    `speculative` (drafts per forward pass, default SPECULATIVE; 0 = plain decoding)
     and `progress` (True: a tqdm bar with tokens/s; or a function (done, total) called after
     every sampled code, which may raise to stop sampling), and returns `Generated(video, codes)`.
     """
@@ -70,6 +75,7 @@ class VideoGenerator:
         `self.refined` is the last refinement made (the caption a task actually used)."""
         self.refine = refine_shapes if refine is True else (refine or None)
         self.refined = None
+        self.stats: dict = {}
         self.device = torch.device(device) if device is not None else next(lm.parameters()).device
         self.tokenizer = tokenizer.to(self.device).eval()
         self.text_tokenizer = text_tokenizer
@@ -205,16 +211,18 @@ class VideoGenerator:
 
     def _sample(self, task: str, grid, text, known, *, seed=0, temperature=1.0, top_k=None,
                 top_p=None, cfg_text=1.0, cfg_visual=1.0, progress=False, window=None, keep=None,
-                period=1, prompt=None) -> tuple[Tensor, Tensor]:
-        """Sample the codes a task leaves open: (gen_coords (N,3), codes (N,))."""
+                period=1, prompt=None, speculative=SPECULATIVE) -> tuple[Tensor, Tensor]:
+        """Sample the codes a task leaves open: (gen_coords (N,3), codes (N,)). The sampling
+        statistics (forward passes, drafts proposed / accepted per kind) go to `self.stats`."""
         cond, no_text, bare = self._prompts(task, grid, text, known)
         if prompt is not None:  # a caller-built prompt (long: gen_coords past the window)
             cond = prompt
         cfg = CFG(text=cfg_text, visual=cfg_visual, no_text=no_text, uncond=bare)
         generator = torch.Generator(self.device).manual_seed(seed)
+        self.stats = {"tokens": len(cond.gen_coords)}
         tokens = stream(self.lm, cond, cfg=cfg, generator=generator, temperature=temperature,
                         top_k=top_k, top_p=top_p, legal=self.vocab.code_range, window=window, keep=keep,
-                        period=period)
+                        period=period, draft=speculative, stats=self.stats)
         out, total = [], len(cond.gen_coords)
         report = progress if callable(progress) else None
         with progress_bar(total=total, unit="tok", desc=task, disable=progress is not True) as bar:

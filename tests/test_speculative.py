@@ -1,0 +1,117 @@
+"""Speculative decoding (`stream(..., draft=k)`) samples what plain decoding samples: the same
+tokens at temperature 0 for every task, the same distribution when sampling, the same cache."""
+
+import pytest
+import torch
+from vidlm.lm.config import LMConfig
+from vidlm.lm.model import VideoLM
+from vidlm.lm.sample import CFG, allocate_cache, draft_sources, generate, stream
+from vidlm.lm.tasks import Prompt
+
+from vidlm.pipeline import VideoGenerator
+
+TASKS = {  # task -> call on a VideoGenerator with the debug presets (time factor 4, 4-pixel cells)
+    "t2v": lambda g, v, **o: g.t2v("a red circle moves right", frames=9, size=(32, 32), **o),
+    "t2i": lambda g, v, **o: g.t2i("a blue square", size=(32, 32), **o),
+    "i2v": lambda g, v, **o: g.i2v(v[:, 0], "moves down", frames=9, **o),
+    "extend-forward": lambda g, v, **o: g.extend(v, "forward", frames=13, **o),
+    "extend-backward": lambda g, v, **o: g.extend(v, "backward", frames=13, **o),
+    "connect": lambda g, v, **o: g.connect(v, v.flip(1), frames=17, **o),
+    "loop": lambda g, v, **o: g.loop(v, frames=13, **o),
+    "edit": lambda g, v, **o: g.edit(v, "a yellow circle", **o),
+    "long": lambda g, v, **o: g.long("a red circle moves right", seconds=6.0, size=(32, 32), keep_frames=2, **o),
+}
+
+
+@pytest.fixture(scope="module")
+def debug_gen():
+    return VideoGenerator.random("debug", tokenizer="debug", seed=0)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_greedy_is_plain_greedy_for_every_task(debug_gen, task):
+    video = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    opts = {"temperature": 0.0, "cfg_text": 2.0, "seed": 0}
+    plain = TASKS[task](debug_gen, video, speculative=0, **opts).codes
+    fast = TASKS[task](debug_gen, video, speculative=8, **opts).codes
+    assert torch.equal(plain, fast), task
+    assert sum(debug_gen.stats["proposed"].values()) > 0, task  # drafts were tried
+
+
+def test_trained_model_keeps_most_drafts_and_needs_fewer_passes():
+    gen = VideoGenerator.from_pretrained("shapes-demo")
+    caption = "a red circle bouncing to the right on a black background"
+    plain = gen.t2v(caption, temperature=0.0, cfg_text=3.0, speculative=0).codes
+    fast = gen.t2v(caption, temperature=0.0, cfg_text=3.0).codes
+    assert torch.equal(plain, fast)
+    stats = gen.stats
+    assert stats["forwards"] + 1 < stats["tokens"] / 2, stats  # > 2 codes per forward pass
+    kept = sum(stats["accepted"].values()) / sum(stats["proposed"].values())
+    assert kept > 0.5, stats
+
+
+def tiny_setup():
+    """The debug LM on 40 ids; 8 legal "codes" (20..27). Known codes at (0, 0, x), x < 6, so
+    every position to generate, (1, 0, x), has a previous-frame draft."""
+    torch.manual_seed(0)
+    model = VideoLM(LMConfig.from_name("debug", vocab_size=40)).eval()
+    known = torch.tensor([20, 21, 22, 23, 24, 25])
+    ids = torch.cat([torch.tensor([1, 2, 3]), known])
+    coords = torch.cat([torch.zeros(3, 3, dtype=torch.long),
+                        torch.stack([torch.zeros(6), torch.zeros(6), torch.arange(6)], 1).long()])
+    gen = torch.stack([torch.ones(6), torch.zeros(6), torch.arange(6)], 1).long()
+    cond = Prompt(ids=ids, coords=coords, gen_coords=gen)
+    no_text = Prompt(ids=ids[3:], coords=coords[3:], gen_coords=gen)
+    return model, cond, CFG(text=2.0, visual=2.0, no_text=no_text, uncond=no_text)
+
+
+def test_draft_sources_follow_coordinates():
+    _, prompt, _ = tiny_setup()
+    source, kind, known = draft_sources(prompt, (20, 28))
+    assert known.tolist() == [20, 21, 22, 23, 24, 25]
+    assert source.tolist() == list(range(6)) and kind.tolist() == [0] * 6  # (0, 0, x): one frame back
+    left = Prompt(ids=torch.tensor([1]), coords=torch.zeros(1, 3, dtype=torch.long), gen_coords=prompt.gen_coords)
+    source, kind, known = draft_sources(left, (20, 28))
+    assert source.tolist() == [-1, 0, 1, 2, 3, 4] and kind[1:].tolist() == [1] * 5  # the code to the left
+
+
+def test_sampled_distribution_matches_plain_sampling():
+    """Chi-square test of homogeneity, per generated position, between 1500 plain samples and
+    1500 speculative ones (8 categories, df = 7; 24.3 is the 0.1 % critical value)."""
+    model, prompt, cfg = tiny_setup()
+    n, opts = 1500, {"temperature": 0.7, "top_k": 6, "legal": (20, 28)}
+    many = CFG(text=cfg.text, visual=cfg.visual, no_text=[cfg.no_text] * n, uncond=[cfg.uncond] * n)
+    plain = generate(model, [prompt] * n, cfg=many, generator=torch.Generator().manual_seed(0), **opts)
+    stats, spec = {}, []
+    g = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        spec.append(generate(model, prompt, cfg=cfg, generator=g, draft=4, stats=stats, **opts)[0])
+    spec = torch.stack(spec)
+    proposed, kept = sum(stats["proposed"].values()), sum(stats["accepted"].values())
+    assert 0 < kept < proposed  # both branches ran: kept drafts and rejections
+    for pos in range(6):
+        a = torch.bincount(plain[:, pos] - 20, minlength=8).double()
+        b = torch.bincount(spec[:, pos] - 20, minlength=8).double()
+        expected = (a + b) / 2
+        seen = expected > 0
+        chi2 = (((a - expected) ** 2 + (b - expected) ** 2)[seen] / expected[seen]).sum()
+        assert chi2 < 24.3, (pos, a.tolist(), b.tolist())
+
+
+def test_cache_after_rejections_is_the_plain_cache():
+    model, prompt, cfg = tiny_setup()
+    caches, tokens = [], []
+    for draft in (0, 4):
+        cache = allocate_cache(model, 2, 32)
+        stats = {}
+        tokens.append(torch.cat(list(stream(model, prompt, cfg=cfg, temperature=0, legal=(20, 28), cache=cache,
+                                            draft=draft, stats=stats))))
+        caches.append(cache)
+    assert torch.equal(*tokens)
+    assert sum(stats["proposed"].values()) > sum(stats["accepted"].values())  # some drafts were rolled back
+    plain, fast = caches
+    assert fast.length == plain.length
+    assert torch.equal(fast.doc, plain.doc)  # -1 after the filled part: rejected drafts are gone
+    n = plain.length
+    torch.testing.assert_close(fast.k[:, :, :n], plain.k[:, :, :n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.v[:, :, :n], plain.v[:, :, :n], atol=1e-5, rtol=1e-5)
