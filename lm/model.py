@@ -56,6 +56,9 @@ class KVCache:
     v: Tensor
     doc: Tensor
     length: int = 0
+    uniform: bool = True
+    """Every cached token is in document 0 of its row (no padding): a one-token step then needs
+    no mask, and knowing it on the host spares a device sync per token."""
 
     @classmethod
     def allocate(cls, cfg: LMConfig, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
@@ -211,8 +214,10 @@ class VideoLM(nn.Module):
             if s + n > cache.max_len:
                 raise ValueError(f"KV cache full: {s} cached + {n} new tokens > its {cache.max_len}")
             cache.doc[:, s : s + n] = torch.zeros_like(ids) if doc_ids is None else doc_ids
+            if doc_ids is not None and cache.uniform:  # a host sync, but only where docs are given
+                cache.uniform = not bool(doc_ids.ne(0).any())
             q_doc, k_doc = cache.doc[:, s : s + n], cache.doc[:, : s + n]  # (B,L), (B,S)
-            if (s == 0 and doc_ids is None) or (n == 1 and bool((k_doc == q_doc).all())):
+            if (s == 0 or n == 1) and cache.uniform:
                 q_doc = k_doc = None  # one document, no padding: plain causal, no mask to build
         elif n > self.cfg.max_seq_len:
             raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")

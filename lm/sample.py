@@ -135,10 +135,10 @@ def prefill(model, ids: Tensor, coords: Tensor, cache, doc_ids: Tensor | None = 
 
 
 def decode_one_token(model, token: Tensor, coord: Tensor, cache, doc_ids: Tensor | None = None) -> Tensor:
-    """Append one token per row, token (B,) at coord (B,3); the next-token logits (B,V)."""
-    if doc_ids is None:
-        doc_ids = torch.zeros_like(token)
-    return model(token[:, None], coord[:, None], cache=cache, doc_ids=doc_ids[:, None])[:, -1]
+    """Append one token per row, token (B,) at coord (B,3); the next-token logits (B,V).
+    doc_ids None: document 0 (what generated tokens are), known to the cache without a sync."""
+    return model(token[:, None], coord[:, None], cache=cache,
+                 doc_ids=None if doc_ids is None else doc_ids[:, None])[:, -1]
 
 
 def sample_logits(
@@ -320,7 +320,7 @@ def stream(
     for i in range(1, n):
         if window is not None and cache.length >= window:
             cache.keep_last(keep + (i - 1) % period, sink)  # i - 1 generated tokens were cached
-        logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache, row_doc)
+        logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache)
         token = pick(logits)
         yield token
 
@@ -359,8 +359,7 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             timeline[base + j] = value  # tentative: a later draft may copy it
         block = torch.tensor([int(token), *drafts], device=gen.device)
         start = cache.length
-        logits = model(block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache=cache,
-                       doc_ids=torch.zeros(rows, len(block), dtype=torch.long, device=gen.device))
+        logits = model(block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache=cache)
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
         counts["forwards"] += 1
         out, new = [], None
