@@ -42,6 +42,7 @@ def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor
     return ce * mask, mask
 
 
+@torch.no_grad()
 def validate(engine, val_batches: list[dict], device) -> dict[str, float]:
     was = engine.module.training
     engine.module.eval()

@@ -1,0 +1,106 @@
+"""The in-process parts of bench/gpu_check.sh: flash-attn against SDPA, the S preset's decode
+tokens/s against the memory-bandwidth bound, and its training MFU. One line per check,
+"name: result"; any failure raises (a non-zero exit). --cpu: the same code on the CPU in fp32
+with a small preset, skipping what needs CUDA (flash, bf16, MFU against a GPU's peak)."""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from vidlm.lm.config import LMConfig
+from vidlm.lm.model import VideoLM
+from vidlm.lm.sample import generate
+from vidlm.lm.train import PEAK_FLOPS
+
+
+def seconds(fn, device, repeats: int = 3) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def flash_vs_sdpa(device) -> str:
+    from vidlm.lm.attention import attention
+
+    g = torch.Generator(device).manual_seed(0)
+    q = torch.randn(2, 256, 8, 64, device=device, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g)
+    v = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g)
+    doc = torch.cat([torch.zeros(2, 100), torch.ones(2, 156)], 1).long().to(device)  # two documents a row
+    a = attention(q, k, v, doc, doc, backend="flash").float()
+    b = attention(q, k, v, doc, doc, backend="sdpa").float()
+    err = (a - b).abs().max().item()
+    if not err < 2e-2:
+        raise AssertionError(f"flash-attn and SDPA disagree: max |diff| {err:.3g}")
+    return f"max |flash - SDPA| {err:.1e} (bf16, 2 documents a row)"
+
+
+def bandwidth(device) -> float:
+    """Device memory bandwidth in bytes/s: a 1 GiB copy (read + write)."""
+    x = torch.empty(2**28, device=device)
+    y = torch.empty_like(x)
+    return 2 * x.numel() * 4 / seconds(lambda: y.copy_(x), device)
+
+
+def decode(model, device, new: int = 128) -> str:
+    from vidlm.lm.tasks import Prompt
+
+    prompt = Prompt(ids=torch.arange(16), coords=torch.zeros(16, 3, dtype=torch.long),
+                    gen_coords=torch.stack([torch.zeros(new), torch.zeros(new), torch.arange(new)], 1).long())
+    tps = new / seconds(lambda: generate(model, prompt, temperature=0), device, repeats=2)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = bandwidth(device) / weights  # each token reads every weight once
+    return f"{tps:.0f} tokens/s, {tps / bound:.0%} of the bandwidth bound ({bound:.0f} tokens/s)"
+
+
+def mfu(model, device, dtype, batch: int = 4, seq: int = 2048) -> str:
+    cfg = model.cfg
+    seq = min(seq, cfg.max_seq_len)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    coords = torch.arange(seq, device=device)[None, :, None].expand(batch, seq, 3).contiguous()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(ids, coords)
+        F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    tps = batch * seq / seconds(step, device)
+    flops = 3 * cfg.flops_per_token(seq) * tps  # forward + backward
+    if device.type != "cuda":
+        return f"{tps:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s (no GPU peak to compare with)"
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if peak is None:
+        return f"{tps:.0f} tokens/s, {flops / 1e12:.1f} TFLOP/s ({name}: peak unknown)"
+    return f"{tps:.0f} tokens/s, MFU {flops / peak:.1%} of {name}'s {peak / 1e12:.0f} TFLOP/s bf16"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--preset", default=None, help="LM preset (default S on a GPU, debug on the CPU)")
+    args = p.parse_args(argv)
+    device = torch.device("cpu" if args.cpu else "cuda")
+    dtype = torch.float32 if args.cpu else torch.bfloat16
+    preset = args.preset or ("debug" if args.cpu else "S")
+    if not args.cpu:
+        print(f"flash vs SDPA: {flash_vs_sdpa(device)}")
+    model = VideoLM(LMConfig.from_name(preset)).to(device).eval()
+    print(f"decode {preset} ({'fp32' if args.cpu else 'bf16 weights'}): {decode(model.to(dtype), device)}")
+    model = VideoLM(LMConfig.from_name(preset)).to(device).train()
+    print(f"training step {preset} ({'fp32' if args.cpu else 'bf16 autocast'}): {mfu(model, device, dtype)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""bench/gpu_check.sh: its plumbing on the CPU (GPU_CHECK_CPU=1), the whole check on a GPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_check(tmp_path, **env):
+    venv_bin = str(Path(sys.executable).parent)
+    full = {**os.environ, "PYTHON": sys.executable, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), str(tmp_path)], cwd=REPO, env=full,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.slow
+def test_gpu_check_plumbing_on_the_cpu(tmp_path):
+    r = run_check(tmp_path, GPU_CHECK_CPU="1", OMP_NUM_THREADS="1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = r.stdout[r.stdout.index("| check | result |"):]
+    for row in ("| tokenizer | trained to step 4, resumed to step 8", "| lm | trained to step 4, resumed to step 8",
+                "| decode debug", "| training step debug"):
+        assert row in table, table
+
+
+@pytest.mark.gpu
+def test_gpu_check(tmp_path):
+    r = run_check(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| flash vs SDPA |" in r.stdout and "MFU" in r.stdout
