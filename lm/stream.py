@@ -14,21 +14,23 @@ from __future__ import annotations
 import torch
 from vidlm.lm.config import DataConfig, TrainConfig
 from vidlm.lm.tasks import TASKS, draw_task, render_train
-from vidlm.lm.tokendata import Rows, TokenClip, pack, read_clips
+from vidlm.lm.tokendata import Rows, TokenClip, TokenStore, pack
 from vidlm.lm.vocab import Vocab
 
 from vidlm import runtime as rt
 from vidlm.logging import entropy
 
 
-def load_data(cfg: TrainConfig, data: str | None) -> tuple[list[TokenClip], list[TokenClip], Vocab]:
+def load_data(cfg: TrainConfig, data: str | None) -> tuple[TokenStore, TokenStore, Vocab]:
+    """(train clips, held-out clips, vocab) of a token folder: its last `val_clips` clips in key
+    order are held out; clips are read from disk when the stream asks for them."""
     folder = data or cfg.data.tokens
     if not folder:
         raise ValueError("no token data: pass --data DIR or set data.tokens (write it with `vidlm data tokenize`)")
-    clips = sorted(read_clips(folder), key=lambda c: c.key)
+    clips = TokenStore.open(folder)  # in key order, read lazily from disk
     vocab = Vocab.from_pretrained(folder)
     n_val = min(cfg.data.val_clips, len(clips) // 2)
-    return clips[: len(clips) - n_val], clips[len(clips) - n_val :], vocab
+    return clips.view(0, len(clips) - n_val), clips.view(len(clips) - n_val, len(clips)), vocab
 
 
 class TaskStream:
@@ -97,6 +99,8 @@ def micro_batch(stream, cursor: int, rows: int, row_len: int) -> tuple[dict, int
 
 def unigram_entropy(clips: list[TokenClip], code_size: int) -> float:
     """Entropy (nats) of the code frequencies over the clips: the loss of a context-free model."""
+    if isinstance(clips, TokenStore):
+        return entropy(clips.code_counts(code_size))
     counts = torch.zeros(code_size, dtype=torch.float64)
     for c in clips:
         counts += torch.bincount(c.codes.flatten(), minlength=code_size).double()

@@ -116,6 +116,146 @@ def read_clips(path) -> list[TokenClip]:
     return clips
 
 
+class TokenStore:
+    """The clips of a token folder as flat int32 arrays on disk, read lazily: `store[i]` is a
+    TokenClip (its meta is not kept), in key order; `store.view(a, b)` is clips a..b-1. Memory
+    does not grow with the number of clips beyond a small index (9 int64 per clip and the keys).
+
+    DIR/flat/ (written once from the shards by `TokenStore.open`, atomically; rebuilt if the
+    shards change): codes.i32, text.i32, structure.i32, tails.i32 (each clip's tensors, one
+    after another, in key order), index.npy (per clip: codes offset, N, h, w, text offset,
+    length, structure offset or -1, tails offset, bit j set for each tail of j latent frames),
+    keys.txt, sources.json (the shards' names and sizes it was built from).
+    """
+
+    FIELDS = ("codes", "text", "structure", "tails")
+
+    def __init__(self, flat: Path, start: int = 0, stop: int | None = None):
+        import numpy as np
+
+        self.flat = Path(flat)
+        self.index = np.load(self.flat / "index.npy")
+        self.keys = (self.flat / "keys.txt").read_text().split("\n") if len(self.index) else []
+        self.start, self.stop = start, len(self.index) if stop is None else stop
+        self.arrays = {f: np.memmap(self.flat / f"{f}.i32", dtype=np.int32, mode="r")
+                       if (self.flat / f"{f}.i32").stat().st_size else np.zeros(0, np.int32) for f in self.FIELDS}
+
+    @classmethod
+    def open(cls, folder) -> TokenStore:
+        """The store of a token folder, built first if it is missing or older than the shards."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"token folder {folder} not found: write it with `vidlm data tokenize ... --out DIR`")
+        sources = {p.name: p.stat().st_size for p in token_shards(folder)}
+        flat = folder / "flat"
+        recorded = flat / "sources.json"
+        if not (recorded.is_file() and json.loads(recorded.read_text()) == sources):
+            build_store(folder, sources)
+        return cls(flat)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def view(self, a: int, b: int) -> TokenStore:
+        view = object.__new__(TokenStore)
+        view.__dict__.update(self.__dict__, start=self.start + a, stop=self.start + b)
+        return view
+
+    def _read(self, field: str, offset: int, shape: tuple[int, ...]) -> Tensor:
+        import numpy as np
+
+        n = int(np.prod(shape))
+        return torch.from_numpy(np.array(self.arrays[field][offset : offset + n])).long().view(shape)
+
+    def __getitem__(self, i: int) -> TokenClip:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"clip {i} of {len(self)}")
+        row = self.start + (i % len(self))
+        c_off, n, h, w, t_off, t_len, s_off, tails_off, tail_bits = (int(v) for v in self.index[row])
+        tails, at = {}, tails_off
+        for j in (j for j in range(63) if tail_bits >> j & 1):
+            tails[j] = self._read("tails", at, (j, h, w))
+            at += j * h * w
+        return TokenClip(key=self.keys[row], codes=self._read("codes", c_off, (n, h, w)),
+                         text=self._read("text", t_off, (t_len,)).tolist(), tails=tails,
+                         structure=self._read("structure", s_off, (n, h, w)) if s_off >= 0 else None)
+
+    def code_counts(self, size: int) -> Tensor:
+        """How often each code occurs in these clips' codes (read in chunks, not mapped at once)."""
+        import numpy as np
+
+        lo = int(self.index[self.start, 0]) if len(self) else 0
+        hi = int(self.index[self.stop - 1, 0] + np.prod(self.index[self.stop - 1, 1:4])) if len(self) else 0
+        counts = np.zeros(size, np.int64)
+        with open(self.flat / "codes.i32", "rb") as f:
+            f.seek(4 * lo)
+            for at in range(lo, hi, 1 << 22):
+                chunk = np.frombuffer(f.read(4 * min(1 << 22, hi - at)), dtype=np.int32)
+                counts += np.bincount(chunk, minlength=size)[:size]
+        return torch.from_numpy(counts).double()
+
+
+def build_store(folder, sources: dict[str, int]) -> Path:
+    """Write DIR/flat from the token shards, in key order (see TokenStore). Concurrent builders
+    (ranks) each write their own temporary folder; the first to finish renames it in place."""
+    import contextlib
+    import os
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    folder = Path(folder)
+    where: dict[str, tuple[Path, tarfile.TarInfo, tarfile.TarInfo]] = {}
+    for shard in token_shards(folder):
+        with tarfile.open(shard) as tar:
+            members: dict[str, dict[str, tarfile.TarInfo]] = {}
+            for m in tar.getmembers():
+                if m.isfile():
+                    key, _, ext = m.name.rpartition(".")
+                    members.setdefault(key, {})[ext] = m
+            where.update({k: (shard, p["safetensors"], p["json"]) for k, p in members.items()
+                          if "safetensors" in p and "json" in p})
+    tmp = Path(tempfile.mkdtemp(prefix="flat.tmp-", dir=folder))
+    offsets = dict.fromkeys(TokenStore.FIELDS, 0)
+    index, tars = [], {}
+    with contextlib.ExitStack() as stack:
+        files = {f: stack.enter_context(open(tmp / f"{f}.i32", "wb")) for f in TokenStore.FIELDS}
+
+        def put(field: str, t: Tensor) -> int:
+            at = offsets[field]
+            files[field].write(t.to(torch.int32).contiguous().numpy().tobytes())
+            offsets[field] += t.numel()
+            return at
+
+        for key in sorted(where):
+            shard, tensors, meta = where[key]
+            if shard not in tars:
+                tars[shard] = stack.enter_context(tarfile.open(shard))
+            clip = decode_clip(key, tars[shard].extractfile(tensors).read(), tars[shard].extractfile(meta).read())
+            n, h, w = clip.codes.shape
+            tails_at = offsets["tails"]
+            for t in clip.tails.values():
+                put("tails", t)
+            index.append([put("codes", clip.codes), n, h, w, put("text", torch.tensor(clip.text, dtype=torch.int32)),
+                          len(clip.text), put("structure", clip.structure) if clip.structure is not None else -1,
+                          tails_at, sum(1 << j for j in clip.tails)])
+    np.save(tmp / "index.npy", np.array(index, dtype=np.int64).reshape(-1, 9))
+    (tmp / "keys.txt").write_text("\n".join(sorted(where)))
+    (tmp / "sources.json").write_text(json.dumps(sources))
+    flat = folder / "flat"
+    recorded = flat / "sources.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) == sources:
+        shutil.rmtree(tmp, ignore_errors=True)  # another rank put the same store in place first
+        return flat
+    shutil.rmtree(flat, ignore_errors=True)  # stale: the shards changed
+    try:
+        os.replace(tmp, flat)
+    except OSError:  # another rank renamed its (identical) store in place in between
+        shutil.rmtree(tmp, ignore_errors=True)
+    return flat
+
+
 class Rows:
     """Greedy packing in order: each sequence goes at the end of the last row, or opens a new row
     when it does not fit there (`pack` and the trainer's micro batches both fill rows so)."""

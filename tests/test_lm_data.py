@@ -90,3 +90,59 @@ def test_token_clip_round_trip():
     d = decode_clip("k", parts["k.safetensors"], parts["k.json"])
     assert torch.equal(d.codes, c.codes) and d.text == [1, 2] and torch.equal(d.tails[1], c.tails[1])
     assert d.structure is None and d.meta == {"caption": "x"}
+
+
+def random_clips(n: int, seed: int = 0) -> list[TokenClip]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        t, h, w = (int(v) for v in torch.randint(1, 5, (3,), generator=g))
+        tails = {j: torch.randint(0, 99, (j, h, w), generator=g) for j in range(1, t)}
+        out.append(TokenClip(key=f"clip{(i * 7) % n:04d}", codes=torch.randint(0, 99, (t, h, w), generator=g),
+                             text=torch.randint(0, 9, (i % 4,), generator=g).tolist(), tails=tails,
+                             structure=torch.randint(0, 99, (t, h, w), generator=g) if i % 2 else None))
+    return out
+
+
+def write_tokens(folder, clips, per_shard=7):
+    from vidlm.lm.tokendata import ShardWriter
+
+    writer = ShardWriter(folder, per_shard=per_shard)
+    for c in clips:
+        writer.write(c)
+    writer.close()
+
+
+def test_token_store_reads_what_the_shards_hold_in_key_order(tmp_path):
+    from vidlm.lm.stream import unigram_entropy
+    from vidlm.lm.tokendata import TokenStore
+
+    clips = random_clips(30)
+    write_tokens(tmp_path, clips)
+    store = TokenStore.open(tmp_path)
+    expected = sorted(read_clips(tmp_path), key=lambda c: c.key)
+    assert len(store) == 30 and [store[i].key for i in range(30)] == [c.key for c in expected]
+    for got, want in zip((store[i] for i in range(30)), expected):
+        assert torch.equal(got.codes, want.codes) and got.text == want.text
+        assert got.tails.keys() == want.tails.keys() and all(torch.equal(got.tails[j], want.tails[j]) for j in got.tails)
+        assert (got.structure is None) == (want.structure is None)
+        assert got.structure is None or torch.equal(got.structure, want.structure)
+    train, val = store.view(0, 26), store.view(26, 30)
+    assert len(train) == 26 and val[0].key == expected[26].key and val[-1].key == expected[-1].key
+    assert unigram_entropy(train, 99) == pytest.approx(unigram_entropy(expected[:26], 99), abs=1e-12)
+    with pytest.raises(IndexError):
+        val[4]
+
+
+def test_token_store_is_rebuilt_when_the_shards_change_and_reused_otherwise(tmp_path):
+    from vidlm.lm.tokendata import TokenStore
+
+    write_tokens(tmp_path, random_clips(10))
+    first = TokenStore.open(tmp_path)
+    stamp = (tmp_path / "flat" / "index.npy").stat().st_mtime_ns
+    assert TokenStore.open(tmp_path) and (tmp_path / "flat" / "index.npy").stat().st_mtime_ns == stamp
+    write_tokens(tmp_path, random_clips(20, seed=1))  # a new tokenization into the same folder
+    second = TokenStore.open(tmp_path)
+    assert len(first) == 10 and len(second) == 20
+    assert torch.equal(second[0].codes, min(read_clips(tmp_path), key=lambda c: c.key).codes)
+    assert not list(tmp_path.glob("flat.tmp-*"))

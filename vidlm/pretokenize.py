@@ -51,7 +51,7 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
                     per_shard: int = 1000, progress: bool = True, max_clips: int | None = None) -> dict:
     """Write out_dir/tokens-*.tar + vocab.json + info.json; returns info (written, skipped)."""
     from vidlm.data.loader import LoaderConfig, VideoLoader
-    from vidlm.lm.tokendata import ShardWriter, TokenClip
+    from vidlm.lm.tokendata import ShardWriter, TokenClip, TokenStore
     from vidlm.lm.vocab import Vocab
     from vidlm.logging import progress_bar
 
@@ -99,6 +99,8 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
         writer.close()
         bar.close()
     vocab.save(out)
+    if writer.count:
+        TokenStore.open(out)  # the flat, memory-mapped copy training reads (lm/tokendata.py)
     info = {"written": writer.count, "skipped": dict(loader.counts), "shards": [p.name for p in writer.paths],
             "vocab": vocab.to_dict(), "tails": list(tails), "frames": list(frames), "area": area, "fps": fps,
             "codebook_size": int(tokenizer.codebook_size), "factors": list(tokenizer.factors)}
