@@ -1,5 +1,5 @@
 """Benchmark: LM token data held in RAM (the clips read from the shards as Python objects, as
-training did before) against the flat, memory-mapped TokenStore (what training reads now).
+training did before) against the flat TokenStore read clip by clip (what training reads now).
 
     .venv/bin/python bench/tokens.py [--clips 1000 10000 100000] [--work DIR]
 

@@ -117,7 +117,7 @@ def read_clips(path) -> list[TokenClip]:
 
 
 class TokenStore:
-    """The clips of a token folder as flat int32 arrays on disk, read lazily: `store[i]` is a
+    """The clips of a token folder as flat int32 arrays on disk, read on demand: `store[i]` is a
     TokenClip (its meta is not kept), in key order; `store.view(a, b)` is clips a..b-1. Memory
     does not grow with the number of clips beyond a small index (9 int64 per clip and the keys).
 
@@ -137,8 +137,7 @@ class TokenStore:
         self.index = np.load(self.flat / "index.npy")
         self.keys = (self.flat / "keys.txt").read_text().split("\n") if len(self.index) else []
         self.start, self.stop = start, len(self.index) if stop is None else stop
-        self.arrays = {f: np.memmap(self.flat / f"{f}.i32", dtype=np.int32, mode="r")
-                       if (self.flat / f"{f}.i32").stat().st_size else np.zeros(0, np.int32) for f in self.FIELDS}
+        self.files = {f: open(self.flat / f"{f}.i32", "rb") for f in self.FIELDS}  # noqa: SIM115 (live with the store)
 
     @classmethod
     def open(cls, folder) -> TokenStore:
@@ -162,10 +161,15 @@ class TokenStore:
         return view
 
     def _read(self, field: str, offset: int, shape: tuple[int, ...]) -> Tensor:
+        # pread of exactly these bytes: a memory map would fault in (and count as resident) the
+        # pages around every clip read, ~64 KiB per field per clip
+        import os
+
         import numpy as np
 
         n = int(np.prod(shape))
-        return torch.from_numpy(np.array(self.arrays[field][offset : offset + n])).long().view(shape)
+        data = os.pread(self.files[field].fileno(), 4 * n, 4 * offset)
+        return torch.from_numpy(np.frombuffer(data, dtype=np.int32).copy()).long().view(shape)
 
     def __getitem__(self, i: int) -> TokenClip:
         if not -len(self) <= i < len(self):

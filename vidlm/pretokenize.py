@@ -100,7 +100,7 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
         bar.close()
     vocab.save(out)
     if writer.count:
-        TokenStore.open(out)  # the flat, memory-mapped copy training reads (lm/tokendata.py)
+        TokenStore.open(out)  # the flat copy training reads clip by clip (lm/tokendata.py)
     info = {"written": writer.count, "skipped": dict(loader.counts), "shards": [p.name for p in writer.paths],
             "vocab": vocab.to_dict(), "tails": list(tails), "frames": list(frames), "area": area, "fps": fps,
             "codebook_size": int(tokenizer.codebook_size), "factors": list(tokenizer.factors)}
