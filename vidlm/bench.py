@@ -4,6 +4,8 @@ examples:
     vidlm bench data --real ../shared/data/real   loader clips/s, decord vs PyAV
     vidlm bench tokenizer                         encode/decode frames/s, memory, GFLOP/s
     vidlm bench lm                                VideoLM vs Hugging Face Llama: train, prefill, decode
+    vidlm bench lm --model shapes-demo --out r.json   ... and speculative decoding on trained weights
+    vidlm bench tokens                            LM token data: in RAM vs the flat store, 1k-100k clips
 
 The benchmarks live in the repository (bench/), not in the installed package: they compare
 against peers (Hugging Face transformers, PyAV) that a user of vidlm does not need.
