@@ -8,8 +8,8 @@ also reads the encoder's output before the quantizer. Chance is 1/3.
 import sys
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from vidlm.data.synthetic import SHAPES, clip_seed, render_clip
 from vidlm.tokenizer.model import VideoTokenizer
 
