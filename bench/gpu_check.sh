@@ -29,14 +29,19 @@ echo "gpu_check: working in $WORK ($PRECISION, $LAUNCH)"
 "$PYTHON" -m vidlm.data.cli synth --out "$WORK/shards" --num 32 --seed 0 --size 32x32 --frames 9 >/dev/null
 "$PYTHON" -m vidlm.data.cli train-text-tokenizer --shards "$WORK/shards" --vocab-size 64 --out "$WORK/model/text" >/dev/null
 
+logged() {  # LOG CMD...: run CMD with its output in LOG; on failure show the log's tail
+    local log=$1; shift
+    "$@" > "$log" 2>&1 || { local rc=$?; echo "gpu_check: '$*' exited $rc; the end of $log:" >&2; tail -n 40 "$log" >&2; return $rc; }
+}
+
 # --- part 2: each stage in $PRECISION under ZeRO-2: stop at step 4 (a checkpoint), resume to the end
 train_and_resume() {  # STAGE RECIPE DATA
     local stage=$1 recipe=$2 data=$3 run="$WORK/run-$1"
     sed "s/^precision: .*/precision: $PRECISION/; s/^ckpt_every: .*/ckpt_every: 4/" "$recipe" > "$WORK/$stage.yaml"
-    "$LAUNCH" "vidlm.$stage.cli train" "$WORK/$stage.yaml" --data "$data" --run "$run" --steps 8 --stop-at 4 \
-        --deepspeed recipes/deepspeed/zero2.json > "$WORK/$stage-1.log" 2>&1
-    "$LAUNCH" "vidlm.$stage.cli train" "$WORK/$stage.yaml" --data "$data" --run "$run" --steps 8 \
-        --deepspeed recipes/deepspeed/zero2.json > "$WORK/$stage-2.log" 2>&1
+    logged "$WORK/$stage-1.log" "$LAUNCH" "vidlm.$stage.cli train" "$WORK/$stage.yaml" --data "$data" --run "$run" \
+        --steps 8 --stop-at 4 --deepspeed recipes/deepspeed/zero2.json
+    logged "$WORK/$stage-2.log" "$LAUNCH" "vidlm.$stage.cli train" "$WORK/$stage.yaml" --data "$data" --run "$run" \
+        --steps 8 --deepspeed recipes/deepspeed/zero2.json
     "$PYTHON" - "$run" "$stage" "$WORK/$stage-2.log" <<'EOF'
 import json, math, re, sys
 from pathlib import Path
