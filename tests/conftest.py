@@ -38,17 +38,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def launch(entry: str, config, *args, nproc: int = 1, env: dict | None = None, timeout: int = 300):
-    """`recipes/launch/cpu.sh ENTRY CONFIG ARGS...` as a user runs it: one plain process, or
-    `nproc` CPU ranks under the deepspeed launcher. Returns the CompletedProcess (not checked)."""
+def child_env(**extra) -> dict:
+    """The environment of a run started as a user starts it: this venv's python first on PATH,
+    and none of this process's distributed variables (once a test has called init_distributed,
+    MASTER_PORT names the port of this process's live TCPStore: a child would find it taken)."""
     import os
-    import subprocess
     import sys
 
     venv_bin = Path(sys.executable).parent
-    full = {k: v for k, v in os.environ.items()
-            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    full.update(NPROC=str(nproc), PYTHON=sys.executable, DEEPSPEED=str(venv_bin / "deepspeed"), OMP_NUM_THREADS="1",
-                PATH=f"{venv_bin}{os.pathsep}{full.get('PATH', '')}", **(env or {}))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHON=sys.executable, DEEPSPEED=str(venv_bin / "deepspeed"), PATH=f"{venv_bin}{os.pathsep}{env.get('PATH', '')}")
+    return {**env, **extra}
+
+
+def launch(entry: str, config, *args, nproc: int = 1, env: dict | None = None, timeout: int = 300):
+    """`recipes/launch/cpu.sh ENTRY CONFIG ARGS...` as a user runs it: one plain process, or
+    `nproc` CPU ranks under the deepspeed launcher. Returns the CompletedProcess (not checked)."""
+    import subprocess
+
+    full = child_env(NPROC=str(nproc), OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(["bash", REPO / "recipes/launch/cpu.sh", entry, str(config), *map(str, args)],
                           cwd=REPO, env=full, capture_output=True, text=True, timeout=timeout, check=False)

@@ -1,8 +1,6 @@
 """bench/gpu_check.sh: its plumbing on the CPU (GPU_CHECK_CPU=1), the whole check on a GPU."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_check(tmp_path, **env):
-    venv_bin = str(Path(sys.executable).parent)
-    full = {**os.environ, "PYTHON": sys.executable, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", **env}
-    return subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), str(tmp_path)], cwd=REPO, env=full,
+    from conftest import child_env
+
+    return subprocess.run(["bash", str(REPO / "bench/gpu_check.sh"), str(tmp_path)], cwd=REPO, env=child_env(**env),
                           capture_output=True, text=True, timeout=600, check=False)
 
 
