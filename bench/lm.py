@@ -8,7 +8,10 @@ then measures in one process, one warm-up and `--repeats` interleaved pairs each
 
 - training step tokens/s (forward + backward + AdamW step, fp32),
 - prefill tokens/s (a prompt into a KV cache),
-- decode tokens/s with a KV cache (our `sample.generate`, greedy, vs HF `generate`),
+- decode tokens/s with a KV cache (our `sample.generate`, greedy, vs HF `generate`), and ours
+  through its static step (`VideoLM.step`) against the cached forward (and with --compile, the
+  compiled step against the eager one, and a training step with compiled blocks against eager),
+- an AdamW step over the model's parameters, fused against torch's default,
 - peak memory of each phase (peak RSS above the RSS before it, /proc VmHWM),
 
 and prints medians and ratios (ours / HF; > 1 is faster, < 1 is less memory for memory).
@@ -31,7 +34,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -113,15 +115,19 @@ class DiagonalPrompt:
 
 # ------------------------------------------------------------------------------------ the phases
 def train_steps(model, hf, batch, seq, vocab):
+    """Forward, backward and AdamW step on every position's next token: ours as `vidlm lm train`
+    runs it (loss through `VideoLM.target_losses`, fused AdamW), HF's as its Trainer does by
+    default (`labels=`, full logits, torch AdamW)."""
+    from vidlm.runtime import adamw
+
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
     coords = diagonal(batch, 0, seq)
-    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    targets = torch.cat([ids[:, 1:], torch.full((batch, 1), -1)], 1)
+    opt_ours = adamw(model.parameters(), lr=1e-5)
     opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
 
     def ours():
-        logits = model(ids, coords)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        loss.backward()
+        model(ids, coords, targets=targets).mean().backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
 
@@ -131,6 +137,29 @@ def train_steps(model, hf, batch, seq, vocab):
         opt_hf.zero_grad(set_to_none=True)
 
     return ours, theirs, batch * seq
+
+
+def optimizer_steps(model, repeats: int) -> dict:
+    """Milliseconds per AdamW step over the model's parameters: fused (what training uses) and
+    torch's default multi-tensor one."""
+    from vidlm.runtime import adamw
+
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    ms = {}
+    for name, make in (("default", lambda ps: torch.optim.AdamW(ps, lr=1e-5)), ("fused", lambda ps: adamw(ps, lr=1e-5))):
+        params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt = make(params)
+        opt.step()
+        times = []
+        for _ in range(max(repeats, 3) * 3):
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        ms[name] = 1000 * statistics.median(times)
+    print(f"{'AdamW step':<14} fused {ms['fused']:.1f} ms, default {ms['default']:.1f} ms: x{ms['default'] / ms['fused']:.1f}")
+    return {"fused_adamw_vs_default": round(ms["default"] / ms["fused"], 2)}
 
 
 def prefill_steps(model, hf, batch, seq, vocab):
@@ -168,7 +197,56 @@ def decode_steps(model, hf, prompt_len, new, vocab):
     return ours, theirs, new, out
 
 
-def interleaved(name, ours, theirs, tokens, repeats):
+class CachedForward(torch.nn.Module):
+    """The model without its static `step`: sampling appends through the cached forward, whose
+    attention reads only the filled part of the cache (a Python-side length per token)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
+def decode_paths(model, prompt_len: int, new: int, repeats: int, compile: bool) -> dict:
+    """Decode tokens/s (greedy, one row) of the static step against the cached forward, and with
+    `compile` of the compiled step (inductor) against the eager one; the tokens must agree."""
+    from vidlm.lm.sample import generate
+
+    ids = torch.randint(0, model.cfg.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(4))
+    prompt = DiagonalPrompt(ids, new)
+    paths = {"cached forward": CachedForward(model), "static step": model}
+    if compile:
+        import copy
+
+        t0 = time.perf_counter()
+        paths["compiled step"] = copy.deepcopy(model).compile_step()
+        with torch.no_grad():
+            generate(paths["compiled step"], prompt, temperature=0, max_new_tokens=4)
+        print(f"{'':<14} compile_step: first call {time.perf_counter() - t0:.1f} s")
+    out, tps = {}, {}
+    with torch.no_grad():
+        for name, m in paths.items():
+            generate(m, prompt, temperature=0, max_new_tokens=8)  # warm-up
+            secs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                out[name] = generate(m, prompt, temperature=0)
+                secs.append(time.perf_counter() - t0)
+            tps[name] = new / statistics.median(secs)
+    same = all(torch.equal(o, out["static step"]) for o in out.values())
+    print("decode paths   " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in tps.items()) +
+          f"; tokens identical: {same}")
+    if not same:
+        raise SystemExit("the decode paths disagree: the static step is not the cached forward")
+    report = {"static_vs_cached_forward": round(tps["static step"] / tps["cached forward"], 2)}
+    if compile:
+        report["compiled_vs_eager"] = round(tps["compiled step"] / tps["static step"], 2)
+    return report
+
+
+def interleaved(name, ours, theirs, tokens, repeats, labels=("ours", "HF")):
     ours(), theirs()  # warm-up
     rows = {"ours": [], "hf": []}
     for r in range(repeats):
@@ -177,9 +255,26 @@ def interleaved(name, ours, theirs, tokens, repeats):
             rows[key].append(measure(fn))
     tps = {k: statistics.median(tokens / s for s, _ in v) for k, v in rows.items()}
     mem = {k: statistics.median(m for _, m in v) for k, v in rows.items()}
-    print(f"{name:<14} ours {tps['ours']:>10.1f} tok/s  HF {tps['hf']:>10.1f} tok/s  "
-          f"speed x{tps['ours'] / tps['hf']:.2f}   peak MiB ours {mem['ours']:>7.1f}  HF {mem['hf']:>7.1f}")
+    a, b = labels
+    print(f"{name:<14} {a} {tps['ours']:>10.1f} tok/s  {b} {tps['hf']:>10.1f} tok/s  "
+          f"speed x{tps['ours'] / tps['hf']:.2f}   peak MiB {a} {mem['ours']:>7.1f}  {b} {mem['hf']:>7.1f}")
     return tps["ours"] / tps["hf"]
+
+
+def compiled_train(model, hf, args, vocab) -> dict:
+    """Training step with every block torch.compile'd (`compile: true` in a recipe) against eager."""
+    import copy
+
+    compiled = copy.deepcopy(model)
+    for layer in compiled.layers:
+        layer.compile()
+    t0 = time.perf_counter()
+    fast, _, tokens = train_steps(compiled, hf, args.batch, args.seq, vocab)
+    fast()
+    print(f"{'':<14} compiling the blocks: {time.perf_counter() - t0:.1f} s")
+    eager, _, _ = train_steps(model, hf, args.batch, args.seq, vocab)
+    ratio = interleaved("train compiled", fast, eager, tokens, args.repeats, labels=("compiled", "eager"))
+    return {"compiled_train_vs_eager": round(ratio, 2)}
 
 
 def check_logits(model, hf, vocab, seq=64):
@@ -285,6 +380,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-clip", action="store_true", help="skip the 17-frame demo clip timing")
     p.add_argument("--model", help="trained weights (e.g. shapes-demo): also measure speculative decoding")
     p.add_argument("--out", help="write the ratios to this JSON file")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the torch.compile'd decode step and training step (minutes of compiling)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -306,17 +403,22 @@ def main(argv=None) -> int:
     decode = interleaved("decode", ours, theirs, args.new, args.repeats)
     same = (out["ours"] == out["hf"]).float().mean().item()
     print(f"{'':<14} greedy tokens identical to HF's: {same:.1%}")
+    paths = decode_paths(model, args.prompt, args.new, args.repeats, args.compile)
     prefill = interleaved("prefill", *prefill_steps(model, hf, args.batch, args.seq, cfg.vocab_size),
                           args.repeats)
     model.train(), hf.train()
+    paths.update(optimizer_steps(model, args.repeats))
     train = interleaved("train step", *train_steps(model, hf, args.batch, args.seq, cfg.vocab_size),
                         args.repeats)
+    if args.compile:
+        paths.update(compiled_train(model, hf, args, cfg.vocab_size))
     print(f"ratios (ours / HF): decode x{decode:.2f} (target >= 2.0), prefill x{prefill:.2f}, "
           f"train step x{train:.2f} (target >= 1.3)")
     if not args.no_clip:
         print(f"17-frame 64x64 t2v clip, demo presets: {clip_seconds(args.repeats):.2f} s "
               f"(median of {args.repeats}, after one warm-up)")
-    report = {"decode_vs_hf": round(decode, 2), "prefill_vs_hf": round(prefill, 2), "train_vs_hf": round(train, 2)}
+    report = {"decode_vs_hf": round(decode, 2), "prefill_vs_hf": round(prefill, 2), "train_vs_hf": round(train, 2),
+              **paths}
     if args.model:
         report.update(speculative(args.model, args.repeats))
     if args.out:

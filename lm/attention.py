@@ -62,7 +62,9 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | 
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B,H,L,D)
     lq, lk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if q_doc is None:
+    if q_doc is None and mask is not None:  # a mask the caller built (the static decode step)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    elif q_doc is None:
         if lq == lk or lq == 1:  # a single query is the last position: it sees every key
             out = F.scaled_dot_product_attention(q, k, v, is_causal=lq == lk > 1, enable_gqa=gqa)
         else:
@@ -108,9 +110,10 @@ def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor |
 def attention(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None = None, k_doc: Tensor | None = None,
               *, backend: str = "sdpa", mask: Tensor | None = None) -> Tensor:
     """q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D), doc ids (B,Lq)/(B,Lk) or None -> (B,Lq,Hq,D).
-    `mask`: block_mask(q_doc, k_doc), when the caller builds it once for all layers (SDPA)."""
+    `mask`: block_mask(q_doc, k_doc), when the caller builds it once for all layers (SDPA), or,
+    with no doc ids, any boolean mask broadcastable to (B,1,Lq,Lk) (SDPA)."""
     if (q_doc is None) != (k_doc is None):
         raise ValueError("pass both q_doc and k_doc, or neither")
-    if backend == "flash":
+    if backend == "flash" and mask is None:
         return flash(q, k, v, q_doc, k_doc)
     return sdpa(q, k, v, q_doc, k_doc, mask)

@@ -164,6 +164,9 @@ class TrainConfig(RunConfig):
     """AdamW weight decay (matrices only; not norms)."""
     peak_tflops: float | None = None
     """Accelerator peak for the MFU estimate (None: known GPUs are looked up, else no MFU)."""
+    compile: bool = False
+    """torch.compile each transformer block (fuses the norms', RoPE's and SwiGLU's element-wise
+    work); the first steps pay the compile. Not with ZeRO-3 (its parameter hooks)."""
     init_from: str | None = None
     """Fine-tune: start from exported LM weights (a `vidlm lm export` folder, a model folder
     holding lm/, or shipped weights by name) instead of a random init. Their architecture and

@@ -93,6 +93,10 @@ class KVCache:
         self.length = end
 
 
+LOSS_CHUNK = 4096
+"""Positions per chunk of the training loss (`VideoLM.target_losses`)."""
+
+
 # ----------------------------------------------------------------------------- 3D RoPE
 @functools.lru_cache(maxsize=8)
 def _rope_table(head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -104,7 +108,8 @@ def _rope_table(head_dim: int, theta: float, device: torch.device) -> tuple[Tens
 
 def rope_angles(coords: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """coords (B,L,3) int -> cos, sin (B,L,1,head_dim) fp32 for the rotate-half layout."""
-    axis, inv_freq = _rope_table(head_dim, theta, coords.device)
+    table = _rope_table.__wrapped__ if torch.compiler.is_compiling() else _rope_table  # a trace inlines it
+    axis, inv_freq = table(head_dim, theta, coords.device)
     ang = (coords[..., axis].double() * inv_freq).float()  # (B,L,half), computed in fp64
     ang = torch.cat([ang, ang], dim=-1)[:, :, None, :]  # (B,L,1,head_dim)
     return ang.cos(), ang.sin()
@@ -141,13 +146,18 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, docs: tuple, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, docs: tuple, cache: KVCache | None, layer: int,
+                pos: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape  # (B,L,dim)
         hq, hkv = self.cfg.n_heads, self.cfg.kv_heads
         qkv = self.wqkv(x).view(b, n, hq + 2 * hkv, self.cfg.head_dim)
         qk, v = apply_rope(qkv[:, :, : hq + hkv], cos, sin), qkv[:, :, hq + hkv :]
         q, k = qk[:, :, :hq], qk[:, :, hq:]  # (B,L,Hq,D), (B,L,Hkv,D)
-        if cache is not None:  # append the rotated keys at cache.length, attend over all filled
+        if pos is not None:  # static step: write at the positions `pos`, attend over the whole buffer
+            cache.k[layer].index_copy_(1, pos, k.to(cache.k.dtype))
+            cache.v[layer].index_copy_(1, pos, v.to(cache.v.dtype))
+            k, v = cache.k[layer], cache.v[layer]  # (B,max_len,Hkv,D)
+        elif cache is not None:  # append the rotated keys at cache.length, attend over all filled
             s = cache.length
             cache.k[layer, :, s : s + n] = k
             cache.v[layer, :, s : s + n] = v
@@ -179,8 +189,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, docs, cache, layer):
-        x = x + self.attn(self.attn_norm(x), cos, sin, docs, cache, layer)
+    def forward(self, x, cos, sin, docs, cache, layer, pos=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, docs, cache, layer, pos)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -196,15 +206,20 @@ class VideoLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        from vidlm.runtime import gathered
+
+        # built under deepspeed.zero.Init, the layers are partitioned by now: gather to initialise
         std = self.cfg.init_std
-        for name, p in self.named_parameters():
-            if p.ndim == 2:
-                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
-                nn.init.normal_(p, mean=0.0, std=std * scale)
+        with gathered(self.parameters()):
+            for name, p in self.named_parameters():
+                if p.dim() == 2 or getattr(p, "ds_shape", None) is not None and len(p.ds_shape) == 2:
+                    scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
+                    nn.init.normal_(p, mean=0.0, std=std * scale)
 
     def forward(self, ids: Tensor, coords: Tensor, *, cache: KVCache | None = None,
-                doc_ids: Tensor | None = None, last_only: bool = False) -> Tensor:
-        # ids (B,L), coords (B,L,3), doc_ids (B,L) or None -> logits (B,L,V), or (B,1,V) last_only
+                doc_ids: Tensor | None = None, last_only: bool = False, targets: Tensor | None = None) -> Tensor:
+        # ids (B,L), coords (B,L,3), doc_ids (B,L) or None -> logits (B,L,V), or (B,1,V) last_only;
+        # targets (B,L) (the next id where a position carries a loss, else -1) -> losses (N,) of those
         b, n = ids.shape
         if coords.shape != (b, n, 3):
             raise ValueError(f"coords must be (B,L,3) = {(b, n, 3)} for ids {tuple(ids.shape)}, got {tuple(coords.shape)}")
@@ -234,9 +249,51 @@ class VideoLM(nn.Module):
                 x = layer(x, cos, sin, docs, cache, i)
         if cache is not None:
             cache.length += n
+        if targets is not None:
+            return self.target_losses(x, targets)
         if last_only:  # prefill and sampling need the next-token logits only
             x = x[:, -1:]
         return self.head(self.norm(x)).float()  # (B,L,V)
+
+    def target_losses(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Cross entropy (N,) fp32 at the N positions with a target (>= 0), in order: the norm,
+        head and loss run on those positions only, LOSS_CHUNK at a time, each chunk recomputed in
+        the backward pass, so no (B,L,V) logits are ever held (the head is the biggest matmul of
+        a small model's step, and its fp32 logits the biggest activation of a large vocab's)."""
+        sel = targets >= 0
+        h, t = x[sel], targets[sel]  # (N,dim), (N,)
+
+        def chunk(h: Tensor, t: Tensor) -> Tensor:
+            return F.cross_entropy(self.head(self.norm(h)).float(), t, reduction="none")
+
+        ckpt = torch.is_grad_enabled()
+        parts = [torch.utils.checkpoint.checkpoint(chunk, h[i : i + LOSS_CHUNK], t[i : i + LOSS_CHUNK],
+                                                   use_reentrant=False) if ckpt else
+                 chunk(h[i : i + LOSS_CHUNK], t[i : i + LOSS_CHUNK]) for i in range(0, len(t), LOSS_CHUNK)]
+        return torch.cat(parts) if parts else x.new_zeros(0, dtype=torch.float32)
+
+    def step(self, ids: Tensor, coords: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        """Decode with static buffers (gpt-fast's): ids (B,n) at coords (B,n,3) are written at
+        positions `pos` ((n,) long tensor, consecutive from cache.length) of the cache, in document
+        0, and attend over the whole buffer under the mask doc == 0 and key position <= query's
+        (empty slots hold doc -1). No host sync and no Python-side length: `compile_step` traces it
+        once for every position. The caller advances `cache.length`. Logits (B,n,V)."""
+        cache.doc.index_fill_(1, pos, 0)
+        causal = torch.arange(cache.max_len, device=pos.device)[None, :] <= pos[:, None]  # (n,max_len)
+        mask = (cache.doc == 0)[:, None, None, :] & causal[None, None]  # (B,1,n,max_len)
+        cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)
+        x = self.tok_emb(ids)
+        docs = (None, None, mask, "sdpa")  # flash's kv-cache kernel has no document mask
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, docs, cache, i, pos)
+        return self.head(self.norm(x)).float()
+
+    def compile_step(self, backend: str = "inductor") -> VideoLM:
+        """Replace `step` by `torch.compile(step, fullgraph=True)`: one graph for every position
+        (the first call traces it, seconds to a minute; a second block length, as speculative
+        passes have, makes it dynamic in that length); a graph break is an error."""
+        self.step = torch.compile(self.step, backend=backend, fullgraph=True)
+        return self
 
     # ------------------------------------------------------------------ weights
     def save_pretrained(self, out_dir, vocab=None) -> Path:

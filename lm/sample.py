@@ -134,11 +134,15 @@ def prefill(model, ids: Tensor, coords: Tensor, cache, doc_ids: Tensor | None = 
     return model(ids, coords, cache=cache, doc_ids=doc_ids, last_only=True)[:, -1]
 
 
-def decode_one_token(model, token: Tensor, coord: Tensor, cache, doc_ids: Tensor | None = None) -> Tensor:
-    """Append one token per row, token (B,) at coord (B,3); the next-token logits (B,V).
-    doc_ids None: document 0 (what generated tokens are), known to the cache without a sync."""
-    return model(token[:, None], coord[:, None], cache=cache,
-                 doc_ids=None if doc_ids is None else doc_ids[:, None])[:, -1]
+def decode(model, ids: Tensor, coords: Tensor, cache, pos: Tensor) -> Tensor:
+    """Append ids (B,n) at coords (B,n,3), in document 0, at cache positions `pos` ((n,) long
+    tensor from cache.length); their logits (B,n,V). Models with a static step (`VideoLM.step`,
+    maybe compiled) take it: no host sync; others a cached forward."""
+    if not hasattr(model, "step"):
+        return model(ids, coords, cache=cache)
+    logits = model.step(ids, coords, pos, cache)
+    cache.length += ids.shape[1]
+    return logits
 
 
 def sample_logits(
@@ -317,10 +321,13 @@ def stream(
                               options=options, generator=generator, window=window, keep=keep, period=period,
                               sink=sink, stats=stats)
         return
+    pos = torch.full((1,), cache.length, dtype=torch.long, device=device)  # advanced on the device
     for i in range(1, n):
         if window is not None and cache.length >= window:
             cache.keep_last(keep + (i - 1) % period, sink)  # i - 1 generated tokens were cached
-        logits = decode_one_token(model, token.repeat(len(groups)), gen[:, i - 1], cache)
+            pos.fill_(cache.length)
+        logits = decode(model, token.repeat(len(groups))[:, None], gen[:, i - 1 : i], cache, pos)[:, -1]
+        pos += 1
         token = pick(logits)
         yield token
 
@@ -359,7 +366,8 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             timeline[base + j] = value  # tentative: a later draft may copy it
         block = torch.tensor([int(token), *drafts], device=gen.device)
         start = cache.length
-        logits = model(block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache=cache)
+        pos = torch.arange(start, start + len(block), device=gen.device)
+        logits = decode(model, block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache, pos)
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
         counts["forwards"] += 1
         out, new = [], None

@@ -21,7 +21,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from vidlm.lm.config import LMConfig, TrainConfig
 from vidlm.lm.stream import TaskStream, load_data, micro_batch, unigram_entropy, val_sequences
 from vidlm.lm.tasks import TASKS
@@ -30,16 +29,21 @@ from vidlm.lm.vocab import Vocab
 from vidlm import checkpoint as ckpt
 from vidlm import runtime as rt
 
+COMPILE_BACKEND = "inductor"  # of `compile: true` (the tests trace with "aot_eager": no C++ build)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # bf16 dense
 
 
 def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-target cross entropy: (losses (R,L-1) zero off-target, mask (R,L-1))."""
+    """Per-target cross entropy: (losses (R,L-1) zero off-target, mask (R,L-1)). The model
+    computes logits only where there is a target (`VideoLM.target_losses`)."""
     ids = batch["ids"].to(device)
-    logits = model(ids, batch["coords"].to(device), doc_ids=batch["doc_ids"].to(device))  # (R,L,V) fp32
     mask = batch["loss_mask"][:, 1:].to(device)
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(mask.shape)
-    return ce * mask, mask
+    targets = torch.full_like(ids, -1)
+    targets[:, :-1] = torch.where(mask, ids[:, 1:], -1)  # position p predicts p + 1
+    losses = model(ids, batch["coords"].to(device), doc_ids=batch["doc_ids"].to(device), targets=targets)
+    ce = torch.zeros(mask.shape, dtype=losses.dtype, device=device)
+    ce[mask] = losses
+    return ce, mask
 
 
 @torch.no_grad()
@@ -87,19 +91,27 @@ def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None
 def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str | None, init: Path | None = None):
     from vidlm.lm.model import VideoLM
 
-    from vidlm.config import load_weights
+    from vidlm.config import ConfigError, load_weights
 
-    rt.seed_all(cfg.seed)  # the same initial weights on every rank
-    model = VideoLM(lm_cfg)
-    if init is not None:
-        load_weights(model, init / "model.safetensors", init / "config.json", "vidlm lm export --run RUN --out DIR")
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, rt.warmup_cosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
     ds = rt.deepspeed_config(deepspeed_json, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                              grad_clip=cfg.grad_clip, precision=cfg.precision, world_size=dist.world_size)
+    rt.seed_all(cfg.seed)  # the same initial weights on every rank
+    with rt.partitioned_init(ds):  # ZeRO-3: each rank only ever holds its partition
+        model = VideoLM(lm_cfg)
+    if init is not None:
+        with rt.gathered(model.parameters()):
+            load_weights(model, init / "model.safetensors", init / "config.json", "vidlm lm export --run RUN --out DIR")
+    if cfg.compile:
+        if rt.zero_stage_of(ds) == 3:
+            raise ConfigError("compile: true does not work with ZeRO-3 (its parameter hooks); use ZeRO 0-2 "
+                              "or turn compile off")
+        for layer in model.layers:
+            layer.compile(backend=COMPILE_BACKEND)
+    decay = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    other = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) < 2]
+    opt = rt.adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                    {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rt.warmup_cosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
     return rt.build_engine(model, opt, sched, ds)
 
 
@@ -125,7 +137,8 @@ def write_run_info(run: Path, cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) 
 def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = None, deepspeed: str | None = None,
          local_rank: int | None = None, stop_at: int | None = None) -> dict:
     """Train (or resume) an LM run. Returns {"losses": [per-step mean training loss on this rank],
-    "first_step": step the run (re)started at, "last": last logged scalars}."""
+    "first_step": step the run (re)started at, "last": last logged scalars, "params_held":
+    parameter elements this rank holds (all of them but under ZeRO-3)}."""
     dist = rt.init_distributed(local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -136,6 +149,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     if dist.is_main:
         write_run_info(run, cfg, lm_cfg, vocab)
     engine = build_engine(cfg, lm_cfg, dist, deepspeed, init)
+    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
     guard = rt.NonFiniteGuard(cfg.nonfinite_limit)
     client = ckpt.load_checkpoint(run, {"model": engine})
     step, cursor = (int(client["step"]), int(client["cursor"])) if client else (0, 0)
@@ -149,7 +163,8 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     logger = rt.RunLogger(run, cfg.steps, dist, start_step=step, desc="lm", postfix_keys=("loss", "val/loss", "tokens_per_s"))
     logger.info(f"lm: {lm_cfg.num_params() / 1e6:.1f}M params, {len(train_clips)} train / {len(val_clips)} val clips, "
-                f"rows {cfg.micro_batch_size}x{cfg.row_len}, unigram entropy of the codes {entropy:.3f} nats")
+                f"rows {cfg.micro_batch_size}x{cfg.row_len}, unigram entropy of the codes {entropy:.3f} nats; "
+                f"this rank holds {held / lm_cfg.num_params():.0%} of the parameters")
     peak = peak_flops(cfg)
     flops_tok = lm_cfg.flops_per_token(cfg.row_len)
     losses: list[float] = []
@@ -197,7 +212,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             ckpt.save_checkpoint(run, step, {"model": engine},
                                {"step": step, "cursor": cursor, "guard": guard.state_dict()}, keep_last=cfg.keep_last)
     logger.close()
-    return {"losses": losses, "first_step": first_step, "last": last}
+    return {"losses": losses, "first_step": first_step, "last": last, "params_held": held}
 
 
 # ----------------------------------------------------------------------------- export

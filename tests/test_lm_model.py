@@ -193,3 +193,58 @@ def test_flash_matches_sdpa():
     for layer in m.layers:
         layer.attn.cfg = m.cfg
     torch.testing.assert_close(lf, m(ids, coords, doc_ids=doc), atol=5e-2, rtol=5e-2)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("compiled", [False, True])
+def test_static_step_equals_cached_forward(model, compiled):
+    """VideoLM.step (fixed buffers, position tensor, no host sync) gives the logits of the
+    dynamic cached forward, over a left-padded prompt, and traces as one graph (fullgraph
+    compile with the aot_eager backend: a host sync or a Python-side length would break it)."""
+    ids, coords = rand_seq(2, 16, seed=6)
+    doc = torch.zeros(2, 10, dtype=torch.long)
+    doc[1, :3] = -1  # row 1's prompt is left-padded
+    ref_cache, cache = KVCache.allocate(model.cfg, 2, 24), KVCache.allocate(model.cfg, 2, 24)
+    for c in (ref_cache, cache):
+        model(ids[:, :10], coords[:, :10], cache=c, doc_ids=doc)
+    step = torch.compile(model.step, backend="aot_eager", fullgraph=True, dynamic=False) if compiled else model.step
+    pos = torch.full((1,), 10)
+    for i in range(10, 16):
+        ref = model(ids[:, i : i + 1], coords[:, i : i + 1], cache=ref_cache)[:, -1]
+        got = step(ids[:, i : i + 1], coords[:, i : i + 1], pos, cache)[:, -1]
+        cache.length += 1
+        pos += 1
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # a block of 3 (a speculative pass), after rolling back one
+    ref_cache.truncate(15), cache.truncate(15)
+    ref = model(ids[:, 13:16], coords[:, 13:16], cache=ref_cache)
+    torch.testing.assert_close(step(ids[:, 13:16], coords[:, 13:16], torch.arange(15, 18), cache), ref,
+                               atol=1e-5, rtol=1e-5)
+    cache.length += 3
+    torch.testing.assert_close(cache.k[:, :, :18], ref_cache.k[:, :, :18])
+    assert torch.equal(cache.doc, ref_cache.doc)
+
+
+def test_target_losses_equal_full_logits(monkeypatch):
+    """The loss on target positions only (chunked, recomputed in backward) gives the losses and
+    gradients of full-row logits + cross entropy at those positions."""
+    import torch.nn.functional as F
+    from vidlm.lm import model as lm_model
+
+    monkeypatch.setattr(lm_model, "LOSS_CHUNK", 7)  # several chunks and a ragged last one
+    torch.manual_seed(1)
+    m = VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=2))
+    ids, coords = rand_seq(2, 20, seed=8)
+    targets = torch.full_like(ids, -1)
+    targets[:, 4:-1] = ids[:, 5:]
+    targets[1, 10:12] = -1
+    sel = targets >= 0
+    ref = F.cross_entropy(m(ids, coords)[sel], targets[sel], reduction="none")
+    ref.sum().backward()
+    ref_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    got = m(ids, coords, targets=targets)
+    got.sum().backward()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    for p, g in zip(m.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)

@@ -68,7 +68,7 @@ def run_resume(cfg, tokens, root: Path, stage: int, local_rank=None) -> dict:
          stop_at=RESUME_AT)
     resumed = main(cfg, run_dir=str(root / f"resumed{stage}"), data=str(tokens), deepspeed=ds, local_rank=local_rank)
     return {"straight": straight["losses"][RESUME_AT:], "resumed": resumed["losses"],
-            "resumed_at": resumed["first_step"]}
+            "resumed_at": resumed["first_step"], "all": straight["losses"], "params_held": straight["params_held"]}
 
 
 # ----------------------------------------------------------------------------- packing and data
@@ -161,6 +161,21 @@ def test_exact_resume_one_rank(dist, tokens, tmp_path, stage):
     assert r["resumed"] == r["straight"], f"ZeRO-{stage}"
 
 
+def test_compiled_blocks_train_like_eager(dist, tokens, tmp_path, monkeypatch):
+    """compile: true compiles each block (traced here with aot_eager: no C++ build in the test)
+    and trains to the eager run's losses; with ZeRO-3 it is refused before training."""
+    from vidlm.config import ConfigError
+    from vidlm.lm import train
+
+    monkeypatch.setattr(train, "COMPILE_BACKEND", "aot_eager")
+    eager = train.main(debug_cfg(steps=3), run_dir=str(tmp_path / "eager"), data=str(tokens))
+    compiled = train.main(debug_cfg(steps=3, compile=True), run_dir=str(tmp_path / "compiled"), data=str(tokens))
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-4)
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        train.main(debug_cfg(steps=3, compile=True), run_dir=str(tmp_path / "z3"), data=str(tokens),
+                   deepspeed=str(REPO / "recipes/deepspeed/zero3.json"))
+
+
 def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
     from vidlm.lm.model import VideoLM
     from vidlm.lm.stream import load_data, val_sequences
@@ -217,7 +232,8 @@ def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
 
 @pytest.mark.slow
 def test_exact_resume_two_ranks(tokens, tmp_path):
-    """One `deepspeed` launch with 2 CPU ranks checks ZeRO 1, 2 and 3."""
+    """One `deepspeed` launch with 2 CPU ranks checks ZeRO 1, 2 and 3 (exact resume) and that
+    ZeRO-3 is partitioned from the start and trains like ZeRO-2."""
     if torch.cuda.is_available():
         pytest.skip("CPU-rank launch test")
     job = {"out": str(tmp_path / "result.json"), "root": str(tmp_path / "runs"), "tokens": str(tokens)}
@@ -232,6 +248,10 @@ def test_exact_resume_two_ranks(tokens, tmp_path):
         assert r["resumed_at"] == RESUME_AT and len(r["resumed"]) == STEPS - RESUME_AT
         assert r["resumed"] == r["straight"], f"ZeRO-{stage}"
         assert r["other_rank"] != r["straight"], "both ranks saw the same data"
+    # ZeRO-3 builds the model inside deepspeed.zero.Init: each rank holds about half of it, and
+    # the partitioned run computes the losses of the ZeRO-2 run
+    assert result["3"]["params_held"] < 0.6 * result["2"]["params_held"]
+    assert result["3"]["all"] == pytest.approx(result["2"]["all"], rel=1e-4)
 
 
 def worker(argv=None) -> int:

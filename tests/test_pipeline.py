@@ -59,12 +59,14 @@ def test_loop_and_edit_run(gen):
     check(gen.edit(clip(9), "a yellow circle", cfg_text=2.0, cfg_visual=1.5, top_k=8), 9)
 
 
-def test_long_slides_past_the_context_without_rereading(gen):
+def test_long_slides_past_the_context_without_rereading(gen, monkeypatch):
     ctx = gen.lm.cfg.max_seq_len
     per = (SIZE[0] // gen.space_factor) * (SIZE[1] // gen.space_factor)
     seconds = (ctx // per + 8) * gen.time_factor / 8.0  # more latent frames than the context holds
-    fed = []
+    fed = []  # tokens per pass: the prefill (forward), then the decode steps (step)
     hook = gen.lm.register_forward_hook(lambda m, args, kw, out: fed.append(args[0].shape[1]), with_kwargs=True)
+    step = gen.lm.step
+    monkeypatch.setattr(gen.lm, "step", lambda ids, *rest: fed.append(ids.shape[1]) or step(ids, *rest))
     try:
         video, codes = gen.long("a red circle", seconds=seconds, fps=8.0, size=SIZE, seed=0, speculative=0)
     finally:

@@ -44,9 +44,9 @@ def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None):
     if ds.get("zero_optimization", {}).get("stage", 0) >= 3:
         raise ValueError("the tokenizer trainer keeps an EMA of whole generator weights: use ZeRO stage 0-2 "
                          "(recipes/deepspeed/zero2.json); the models are small enough not to need ZeRO-3")
-    opt_g = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_g = rt.adamw(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt_g, rt.warmup_cosine(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_d = rt.adamw(disc.parameters(), lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rt.seed_all(cfg.seed, dist.rank)
     return {"generator": rt.build_engine(gen, opt_g, sched, ds), "discriminator": rt.build_engine(disc, opt_d, None, ds)}
 

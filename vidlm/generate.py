@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain decoding, one forward pass per code (the default drafts codes from the previous "
                         "latent frame and verifies them in one pass: the same distribution, fewer passes)")
     p.add_argument("--verbose", action="store_true", help="print forward passes and the drafts' acceptance")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the LM's decode step (GPU; the first request pays the compile; on "
+                        "this project's CPUs it measured slower than eager, see `vidlm bench lm --compile`)")
     p.add_argument("--side-by-side", action="store_true", help="write input | output")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, type=Path, help="FILE.mp4 / .gif / .webp / .png")
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
 
     try:
         gen = VideoGenerator.from_pretrained(args.model, tokenizer=args.tokenizer, lm=args.lm, device=args.device,
-                                             refine=args.refine)
+                                             refine=args.refine, compile=args.compile)
         inputs = [read_input(p, args.input_frames, args.fps, args.size, gen.time_factor) for p in args.input]
         out, shown = run_task(gen, args, inputs)
         video = out.video

@@ -69,10 +69,11 @@ class VideoGenerator:
     """
 
     def __init__(self, tokenizer, text_tokenizer, lm, vocab, *, device: str | torch.device | None = None,
-                 refine=None):
+                 refine=None, compile: bool = False):
         """`refine`: None (prompts as given), True (`vidlm.data.refine.refine_shapes`: free prompts
         into the shapes world's caption grammar) or any function (prompt, seed) -> Refined.
-        `self.refined` is the last refinement made (the caption a task actually used)."""
+        `self.refined` is the last refinement made (the caption a task actually used).
+        `compile`: torch.compile the LM's decode step (`VideoLM.compile_step`; for GPUs)."""
         self.refine = refine_shapes if refine is True else (refine or None)
         self.refined = None
         self.stats: dict = {}
@@ -80,13 +81,15 @@ class VideoGenerator:
         self.tokenizer = tokenizer.to(self.device).eval()
         self.text_tokenizer = text_tokenizer
         self.lm = lm.to(self.device).eval()
+        if compile:
+            self.lm.compile_step()
         self.vocab = vocab
         self.time_factor, self.space_factor = tokenizer.factors
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path | None = "shapes-demo", *, tokenizer=None, text=None,
-                        lm=None, device: str = "cpu", refine=None) -> VideoGenerator:
+                        lm=None, device: str = "cpu", refine=None, compile: bool = False) -> VideoGenerator:
         """Load `path`/tokenizer, `path`/text and `path`/lm; `tokenizer=`, `text=`, `lm=` override
         one part with another folder. `path` may be a shipped name such as "shapes-demo"."""
         from vidlm.data.text import TextTokenizer
@@ -105,7 +108,7 @@ class VideoGenerator:
         text_tok = TextTokenizer.from_dir(dirs["text"])
         model = VideoLM.from_pretrained(dirs["lm"])
         vocab = Vocab.from_pretrained(dirs["lm"])
-        return cls(video_tok, text_tok, model, vocab, device=device, refine=refine)
+        return cls(video_tok, text_tok, model, vocab, device=device, refine=refine, compile=compile)
 
     @classmethod
     def random(cls, lm: str = "debug", *, tokenizer: str = "debug", captions=None, seed: int = 0,
