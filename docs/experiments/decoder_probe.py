@@ -1,7 +1,9 @@
 """Fine-tune probe: fine-tune the decoder of a trained tokenizer (encoder and quantizer frozen,
 so its codes, and any LM trained on them, stay valid), or with --all the whole tokenizer, on an
 object-weighted L1+L2 (pixels that differ from the clip's median colour, dilated by one pixel,
-weigh 1 + --obj; pixels on the object's boundary a further --edge), optionally with a hinge GAN;
+weigh 1 + --obj; pixels on the object's boundary a further --edge), optionally with a hinge GAN
+(fp32 weights under bf16 autocast: probes before the third round held the weights themselves
+in bf16, where most AdamW updates at lr 1e-4 round away);
 then the held-out measurement of tokenizer_probe.py plus the median bounding-box fill ratio the
 detector sees, every --eval-every minutes. One JSON line per measurement goes to
 OUT/decoder.jsonl (docs/experiments.md).
@@ -15,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from vidlm.data.synthetic import clip_seed, render_clip
+from probe_common import object_weights, parse, training_clips
 from vidlm.tokenizer.config import DiscConfig
 from vidlm.tokenizer.discriminator import PatchDiscriminator3D
 from vidlm.tokenizer.losses import hinge_d_loss, hinge_g_loss
@@ -36,38 +37,28 @@ p.add_argument("--edge", type=float, default=0.0)
 p.add_argument("--all", action="store_true", help="train encoder and quantizer too (new codes)")
 p.add_argument("--save", type=Path, help="write the EMA tokenizer here at each measurement")
 p.add_argument("--eval-every", type=float, default=0, help="minutes between measurements (0: at the end)")
-p.add_argument("--batch", type=int, default=4)
-p.add_argument("--clips", type=int, default=2000)
-p.add_argument("--threads", type=int, default=1)
-p.add_argument("--out", type=Path, default=Path("exp"))
-a = p.parse_args()
-torch.set_num_threads(a.threads)
-torch.manual_seed(0)
-a.out.mkdir(parents=True, exist_ok=True)
-cache = a.out / f"clips{a.clips}.npy"  # the clips of `vidlm data synth --seed 0`
-if not cache.exists():
-    np.save(str(cache) + ".tmp.npy", np.stack([render_clip(clip_seed(0, i))[0] for i in range(a.clips)]))
-    Path(str(cache) + ".tmp.npy").rename(cache)
-data = torch.from_numpy(np.load(cache))  # N,T,H,W,3
+a = parse(p, batch=4)
+data = training_clips(a.out, a.clips)  # N,T,H,W,3
 
-model = VideoTokenizer.from_pretrained(a.model).to(torch.bfloat16)
+model = VideoTokenizer.from_pretrained(a.model)  # fp32 weights, bf16 autocast (as DeepSpeed's fp32 master weights)
 model.requires_grad_(a.all)
 model.decoder.requires_grad_(True)
 trained = model if a.all else model.decoder
 opt = torch.optim.AdamW(trained.parameters(), lr=a.lr, betas=(0.9, 0.99))
-disc = PatchDiscriminator3D(DiscConfig()).to(torch.bfloat16) if a.gan > 0 else None
+disc = PatchDiscriminator3D(DiscConfig()) if a.gan > 0 else None
 d_opt = torch.optim.AdamW(disc.parameters(), lr=a.lr, betas=(0.5, 0.99)) if disc else None
 ema = {k: v.detach().float().clone() for k, v in trained.state_dict().items()}
+bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def measure(minutes: float) -> None:
     live = {k: v.clone() for k, v in trained.state_dict().items()}
-    trained.load_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ema.items()})
+    trained.load_state_dict(ema)
     model.eval()
     ps, col, shp, fills = [], [], [], []
-    with torch.no_grad():
+    with torch.no_grad(), bf16():
         for video, _, world in heldout_clips(32, 0):
-            rec = model.decode(model.encode(video[None].to(torch.bfloat16))).float()[0]
+            rec = model.decode(model.encode(video[None])).float()[0]
             ps.append(float(psnr_per_frame(rec[None], video[None]).mean()))
             obj, found = world["objects"][0], observe(rec, world["background"])
             fills += [f["fill"] for f in found if f]
@@ -90,27 +81,26 @@ g = torch.Generator().manual_seed(1)
 t0, step, next_eval = time.time(), 0, a.eval_every
 while time.time() - t0 < 60 * a.minutes:
     x = data[torch.randint(0, len(data), (a.batch,), generator=g)].permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    background = x.flatten(2).median(-1).values[..., None, None, None]
-    mask = ((x - background).abs().amax(1, keepdim=True) > 0.05).float()
-    grown = F.max_pool3d(mask, (1, 3, 3), 1, (0, 1, 1))
-    edge = grown + F.max_pool3d(-mask, (1, 3, 3), 1, (0, 1, 1))  # dilated minus eroded
-    weight = 1 + a.obj * grown + a.edge * edge
-    if a.all:
-        rec = model(x.to(torch.bfloat16))[0].float()
-    else:
-        with torch.no_grad():
-            ids = model.encode(x.to(torch.bfloat16))
-        rec = model.decode(ids).float()
+    weight = object_weights(x, a.obj, a.edge)
+    with bf16():
+        if a.all:
+            rec = model(x)[0].float()
+        else:
+            with torch.no_grad():
+                ids = model.encode(x)
+            rec = model.decode(ids).float()
     d = rec - x
     loss = ((d.abs() + d.pow(2)) * weight).mean() / weight.mean()
     if disc is not None and step > 50:
-        loss = loss + a.gan * hinge_g_loss(disc(rec.to(torch.bfloat16)).float())
+        with bf16():
+            loss = loss + a.gan * hinge_g_loss(disc(rec).float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
     opt.step()
     if disc is not None:
-        d_loss = hinge_d_loss(disc(x.to(torch.bfloat16)).float(), disc(rec.detach().to(torch.bfloat16)).float())
+        with bf16():
+            d_loss = hinge_d_loss(disc(x).float(), disc(rec.detach()).float())
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         d_opt.step()

@@ -1,6 +1,7 @@
 """Tokenizer probe: train a TokenizerConfig variant for N minutes on shapes-world clips held in
-memory (no loader, no DeepSpeed: the same modules and losses as `vidlm tokenizer train`, bf16,
-AdamW, EMA 0.99, every other step on 16 single frames), then measure on 32 held-out clips of
+memory (no loader, no DeepSpeed: the same modules and losses as `vidlm tokenizer train`, bf16
+autocast over fp32 weights, AdamW, EMA 0.99, every other step on 16 single frames; until the
+third round of docs/experiments.md the weights themselves were bf16), then measure on 32 held-out clips of
 `vidlm eval world`: PSNR (all frames and frame 0), the detector's colour/shape on the
 reconstructions (majority over frames), code entropy and usage. One JSON line per run is
 appended to OUT/results.jsonl; docs/experiments.md holds the table.
@@ -10,11 +11,10 @@ appended to OUT/results.jsonl; docs/experiments.md holds the table.
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from vidlm.data.synthetic import clip_seed, render_clip
+from probe_common import parse, training_clips
 from vidlm.tokenizer.config import LossConfig, TokenizerConfig
 from vidlm.tokenizer.losses import TokenizerLosses
 from vidlm.tokenizer.metrics import psnr_per_frame
@@ -28,37 +28,16 @@ p.add_argument("--minutes", type=float, default=6)
 p.add_argument("--preset", default="demo")
 p.add_argument("--model", default="{}")
 p.add_argument("--lr", type=float, default=3e-4)
-p.add_argument("--batch", type=int, default=4)
 p.add_argument("--image-every", type=int, default=2)
 p.add_argument("--image-batch", type=int, default=16)
 p.add_argument("--hard", type=float, default=1.0)
-p.add_argument("--clips", type=int, default=2000)
-p.add_argument("--threads", type=int, default=1)
-p.add_argument("--mp4", action="store_true")
+p.add_argument("--mp4", action="store_true", help="train on the shards' H.264 frames")
 p.add_argument("--frames", type=int, default=17)
-p.add_argument("--out", type=Path, default=Path("exp"))
-a = p.parse_args()
-torch.set_num_threads(a.threads)
-torch.manual_seed(0)
-a.out.mkdir(parents=True, exist_ok=True)
-cache = a.out / f"clips{a.clips}{'_mp4' if a.mp4 else ''}.npy"
-if not cache.exists():  # the clips of `vidlm data synth --seed 0`; --mp4: through the shards' H.264
-    vids = []
-    for i in range(a.clips):
-        v, _, _ = render_clip(clip_seed(0, i))
-        if a.mp4:
-            import io
-
-            import av
-            from vidlm.data.encode import encode_mp4
-            with av.open(io.BytesIO(encode_mp4(v, 8.0))) as c:
-                v = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-        vids.append(v)
-    np.save(str(cache) + ".tmp.npy", np.stack(vids))
-    Path(str(cache) + ".tmp.npy").rename(cache)
-data = torch.from_numpy(np.load(cache))  # N,T,H,W,3
+a = parse(p, batch=4)
+data = training_clips(a.out, a.clips, a.mp4)  # N,T,H,W,3
 cfg = TokenizerConfig.from_name(a.preset, **json.loads(a.model))
-model = VideoTokenizer(cfg).to(torch.bfloat16)
+model = VideoTokenizer(cfg)  # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
+bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 nparam = sum(p.numel() for p in model.parameters())
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99))
 losses = TokenizerLosses(LossConfig(l1_weight=1, l2_weight=1, gan_weight=0, hard_weight=a.hard))
@@ -73,8 +52,8 @@ while time.time() - t0 < 60 * a.minutes:
         x = fr[torch.randperm(len(fr), generator=g)[:a.image_batch]].unsqueeze(2)
     lr = a.lr * min(1, (step + 1) / 30)
     for gr in opt.param_groups: gr["lr"] = lr
-    x = x.to(torch.bfloat16)
-    recon, ids, aux, _ = model(x)
+    with bf16():
+        recon, ids, aux, _ = model(x)
     loss, logs = losses.generator(x.float(), recon.float(), aux.float(), None, None)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -85,16 +64,18 @@ while time.time() - t0 < 60 * a.minutes:
             ema[k].mul_(0.99).add_(v.float(), alpha=0.01) if v.is_floating_point() else ema[k].copy_(v)
     step += 1
 train_s = time.time() - t0
-model.load_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ema.items()})
+model.load_state_dict(ema)
 model.eval()
 clips = heldout_clips(32, 0)
 ps, p0, col, shp, shp0, hist = [], [], [], [], [], torch.zeros(cfg.vocab_size)
 with torch.no_grad():
     for video, cap, world in clips:
-        v = video[None, :, :a.frames].to(torch.bfloat16)
-        ids = model.encode(v)
+        v = video[None, :, :a.frames]
+        with bf16():
+            ids = model.encode(v)
         hist += torch.bincount(ids.flatten(), minlength=cfg.vocab_size)
-        rec = model.decode(ids).float()[0]
+        with bf16():
+            rec = model.decode(ids).float()[0]
         pf = psnr_per_frame(rec[None], video[None, :, :a.frames])
         ps.append(float(pf.mean())); p0.append(float(pf[0]))
         obj, bg = world["objects"][0], world["background"]

@@ -1,0 +1,78 @@
+"""Image probe: does an object's shape survive the demo preset's encoder and decoder at all?
+Trains the preset's Encoder/Decoder on single 64x64 frames (batch 32, L1 + L2 + the worst 5 % of
+pixels, optionally weighted towards the object as in decoder_probe.py (--obj, --edge), AdamW with fp32 weights under bf16 autocast, cosine lr) for N minutes, with the FSQ
+quantizer (--quant fsq) or without any (--quant none: continuous latents, no bottleneck but the
+latent's channels), then reads the shape of the object in frames 0, 8 and 16 of 48 held-out
+single-object clips with the `vidlm eval world` detector, on the rendered frames (truth) and on
+the reconstructions. One JSON line per run goes to OUT/image.jsonl (docs/experiments.md).
+
+    python docs/experiments/image_probe.py --name fsq --quant fsq --minutes 7 --out exp
+    python docs/experiments/image_probe.py --name d16 --quant none --model '{"latent_dim": 16}'
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from probe_common import object_weights, parse, training_clips
+from vidlm.tokenizer.config import TokenizerConfig
+from vidlm.tokenizer.model import VideoTokenizer
+
+from vidlm.evaluate import heldout_clips, observe
+
+p = argparse.ArgumentParser()
+p.add_argument("--name", required=True)
+p.add_argument("--minutes", type=float, default=7)
+p.add_argument("--model", default="{}", help="TokenizerConfig overrides of the demo preset (JSON)")
+p.add_argument("--quant", choices=("fsq", "none"), default="fsq")
+p.add_argument("--lr", type=float, default=1e-3)
+p.add_argument("--obj", type=float, default=0.0, help="extra weight of object pixels (dilated by one)")
+p.add_argument("--edge", type=float, default=0.0, help="extra weight of the object's boundary pixels")
+a = parse(p, batch=32)
+frames = training_clips(a.out, a.clips).flatten(0, 1)  # (N*T,H,W,3) uint8
+m = VideoTokenizer(TokenizerConfig.from_name("demo", **json.loads(a.model)))
+
+
+def reconstruct(x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = m.encoder(x)
+        if a.quant == "fsq":
+            z = m.quantizer(z)[0]
+        return m.decoder(z).float()
+
+
+opt = torch.optim.AdamW(m.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+g = torch.Generator().manual_seed(0)
+t0, step, total = time.time(), 0, 60 * a.minutes
+while time.time() - t0 < total:
+    x = frames[torch.randint(0, len(frames), (a.batch,), generator=g)].permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1
+    lr = a.lr * min(1, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * (time.time() - t0) / total))
+    for group in opt.param_groups:
+        group["lr"] = lr
+    err = (reconstruct(x) - x).abs()
+    weight = object_weights(x, a.obj, a.edge)
+    loss = ((err + err.pow(2)) * weight).mean() / weight.mean()
+    loss = loss + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+    opt.step()
+    step += 1
+m.eval()
+truth, rec, psnr = [], [], []
+with torch.no_grad():
+    for video, _, world in heldout_clips(48, 0):
+        for k in (0, 8, 16):
+            x = video[None, :, k : k + 1]
+            r = reconstruct(x).clamp(-1, 1)
+            psnr.append(float(10 * torch.log10(4 / (r - x).pow(2).mean())))
+            shape, bg = world["objects"][0]["shape"], world["background"]
+            seen_t, seen_r = observe(x[0], bg)[0], observe(r[0], bg)[0]
+            truth.append(bool(seen_t) and seen_t["shape"] == shape)
+            rec.append(bool(seen_r) and seen_r["shape"] == shape)
+row = {"name": a.name, "steps": step, "psnr": round(float(np.mean(psnr)), 2), "shape_truth": round(float(np.mean(truth)), 3),
+       "shape_rec": round(float(np.mean(rec)), 3), "args": {k: str(v) for k, v in vars(a).items()}}
+print(json.dumps(row))
+with open(a.out / "image.jsonl", "a") as f:
+    f.write(json.dumps(row) + "\n")

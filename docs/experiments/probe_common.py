@@ -1,0 +1,52 @@
+"""What the probe scripts share: their common arguments, the training clips (the clips of
+`vidlm data synth --seed 0`, rendered once and cached as OUT/clipsN.npy), and the weights that
+favour an object's pixels."""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from vidlm.data.synthetic import clip_seed, render_clip
+
+
+def parse(p: argparse.ArgumentParser, batch: int) -> argparse.Namespace:
+    """Add --batch, --clips, --threads, --out; parse; one seed, `threads` threads, OUT made."""
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--clips", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("exp"))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    a.out.mkdir(parents=True, exist_ok=True)
+    return a
+
+
+def training_clips(out: Path, num: int, mp4: bool = False) -> torch.Tensor:
+    """(num, T, H, W, 3) uint8; mp4: through the shards' H.264 round trip."""
+    cache = out / f"clips{num}{'_mp4' if mp4 else ''}.npy"
+    if not cache.exists():
+        vids = []
+        for i in range(num):
+            v, _, _ = render_clip(clip_seed(0, i))
+            if mp4:
+                import io
+
+                import av
+                from vidlm.data.encode import encode_mp4
+                with av.open(io.BytesIO(encode_mp4(v, 8.0))) as c:
+                    v = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+            vids.append(v)
+        np.save(str(cache) + ".tmp.npy", np.stack(vids))
+        Path(str(cache) + ".tmp.npy").rename(cache)
+    return torch.from_numpy(np.load(cache))
+
+
+def object_weights(x: torch.Tensor, obj: float, edge: float) -> torch.Tensor:
+    """x (B,C,T,H,W) in [-1,1] -> per-pixel loss weights (B,1,T,H,W): 1, plus `obj` on pixels that
+    differ from the clip's median colour (dilated by one pixel), plus `edge` on the object's
+    boundary (dilated minus eroded)."""
+    mask = ((x - x.flatten(2).median(-1).values[..., None, None, None]).abs().amax(1, keepdim=True) > 0.05).float()
+    grown = F.max_pool3d(mask, (1, 3, 3), 1, (0, 1, 1))
+    return 1 + obj * grown + edge * (grown + F.max_pool3d(-mask, (1, 3, 3), 1, (0, 1, 1)))
