@@ -20,10 +20,12 @@ the speed does not depend on what the weights learned).
 
 With --model (trained weights, e.g. shapes-demo) it also measures speculative decoding, where
 speed does depend on the weights: seconds per 17-frame 64x64 t2v clip with text CFG, plain
-decode vs speculative, at temperature 0 and 1; the same number of codes decoded by HF
+decode vs speculative (coordinate drafts first, the model's own guesses where none; and the
+model's guesses first, "jacobi first"), at temperature 0 and 1; the same number of codes decoded by HF
 `generate` with the same weights and rows (greedy; HF has no CFG, so its two rows decode the
 same prompt); and the share of drafts kept per task and per draft kind. --out writes the
-ratios as JSON (decode_vs_hf, train_vs_hf, speculative_vs_plain, speculative_vs_hf, acceptance).
+ratios as JSON (decode_vs_hf, train_vs_hf, speculative_vs_plain, speculative_vs_hf, acceptance,
+draft_order).
 """
 
 from __future__ import annotations
@@ -313,6 +315,14 @@ TASK_CALLS = {  # task -> call on a VideoGenerator, from a held-out shapes-world
 }
 
 
+def kept_drafts(stats: dict) -> dict:
+    """VideoGenerator.stats -> the share of drafts kept, codes per pass, kept/proposed per kind."""
+    proposed = sum(stats["proposed"].values())
+    return {"kept": round(sum(stats["accepted"].values()) / max(proposed, 1), 3),
+            "codes_per_pass": round(stats["tokens"] / (stats["forwards"] + 1), 2),
+            **{kind: f"{stats['accepted'][kind]}/{n}" for kind, n in stats["proposed"].items()}}
+
+
 def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
     """Clip seconds plain vs speculative (temperature 0 and 1), HF generate on the same rows and
     codes, and the drafts kept per task (temperature 1)."""
@@ -321,17 +331,22 @@ def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
 
     gen = VideoGenerator.from_pretrained(model_name)
     caption = "a red circle bouncing to the right on a black background"
-    out = {"clip_seconds": {}}
+    out = {"clip_seconds": {}, "draft_order": {}}
+    variants = {"plain": (0, "fallback"), "speculative": (SPECULATIVE, "fallback"),
+                "jacobi first": (SPECULATIVE, "first")}  # the model's guesses before the coordinates'
     for temperature in (0.0, 1.0):
-        for draft in (0, SPECULATIVE):
+        for name, (draft, jacobi) in variants.items():
             times = []
             for seed in range(1 + repeats):
                 t0 = time.perf_counter()
-                gen.t2v(caption, temperature=temperature, cfg_text=cfg_text, seed=seed, speculative=draft)
+                gen.t2v(caption, temperature=temperature, cfg_text=cfg_text, seed=seed, speculative=draft,
+                        jacobi=jacobi)
                 times.append(time.perf_counter() - t0)
-            key = f"{'speculative' if draft else 'plain'} T={temperature:g}"
+            key = f"{name} T={temperature:g}"
             out["clip_seconds"][key] = statistics.median(times[1:])
-            print(f"t2v 17x64x64, CFG {cfg_text:g}, {key:<16} {out['clip_seconds'][key]:6.2f} s per clip")
+            if draft:
+                out["draft_order"][key] = kept_drafts(gen.stats)
+            print(f"t2v 17x64x64, CFG {cfg_text:g}, {key:<18} {out['clip_seconds'][key]:6.2f} s per clip")
     codes = gen.stats["tokens"]
     hf = to_hf(gen.lm)
     ids = torch.randint(*gen.vocab.code_range, (2, 32), generator=torch.Generator().manual_seed(0))
@@ -349,11 +364,7 @@ def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
     video, clip_caption, _ = heldout_clips(1, 0)[0]
     for task, call in TASK_CALLS.items():
         call(gen, video, clip_caption, cfg_text=cfg_text, seed=0)
-        st = gen.stats
-        proposed = sum(st["proposed"].values())
-        acceptance[task] = {"kept": round(sum(st["accepted"].values()) / max(proposed, 1), 3),
-                            "codes_per_pass": round(st["tokens"] / (st["forwards"] + 1), 2),
-                            **{kind: f"{st['accepted'][kind]}/{n}" for kind, n in st["proposed"].items()}}
+        acceptance[task] = kept_drafts(gen.stats)
         print(f"  {task:<16} drafts kept {acceptance[task]['kept']:.0%}, "
               f"{acceptance[task]['codes_per_pass']:.2f} codes per pass (T=1, CFG {cfg_text:g})")
     c = out["clip_seconds"]

@@ -196,7 +196,7 @@ def _combine(logits: Tensor, weights: list[float], batch: int) -> Tensor:
     return sum(w * rows[g] for g, w in enumerate(weights))
 
 
-DRAFT_KINDS = ("previous frame", "left")
+DRAFT_KINDS = ("previous frame", "left", "jacobi")
 
 
 def draft_sources(prompt, legal: tuple[int, int] | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -239,6 +239,7 @@ def stream(
     period: int = 1,
     cache=None,
     draft: int = 0,
+    jacobi: str = "fallback",
     stats: dict | None = None,
 ) -> Iterator[Tensor]:
     """Yield the new ids (B,) one position at a time, as they are sampled.
@@ -263,6 +264,9 @@ def stream(
       distribution p, and on rejection the token is drawn from p without d, renormalised, so
       the tokens follow exactly the distribution of plain sampling (at temperature 0: the
       same tokens as plain greedy decoding). Rejected positions leave the KV cache.
+    jacobi: where the model's own guesses serve as drafts (Jacobi iteration: the most likely
+      token at each position past a rejection, from the pass that rejected): "fallback" where
+      coordinates give no draft, "first" before the coordinates' draft, "off" never.
     stats: a dict to count into: forwards, and per draft kind proposed / accepted.
     """
     prompts = _as_list(prompt)
@@ -319,7 +323,7 @@ def stream(
         options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         yield from _speculate(model, prompts[0], token, gen, cache, n, draft=draft, legal=legal, weights=weights,
                               options=options, generator=generator, window=window, keep=keep, period=period,
-                              sink=sink, stats=stats)
+                              sink=sink, stats=stats, jacobi=jacobi)
         return
     pos = torch.full((1,), cache.length, dtype=torch.long, device=device)  # advanced on the device
     for i in range(1, n):
@@ -333,12 +337,15 @@ def stream(
 
 
 def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, options, generator, window, keep,
-               period, sink, stats) -> Iterator[Tensor]:
+               period, sink, stats, jacobi) -> Iterator[Tensor]:
     """stream's decode loop with drafts (one prompt; its CFG variants are the cache's rows):
     each forward pass appends the last sampled token and up to `draft` drafts, keeps the
     longest accepted run plus one token sampled at the first rejection (or after the run)."""
+    if jacobi not in ("fallback", "first", "off"):
+        raise ValueError(f"jacobi must be 'fallback', 'first' or 'off', got {jacobi!r}")
     rows, lo = len(weights), legal[0] if legal is not None else 0
     source, kind, known = draft_sources(prompt, legal)
+    guess = [-1] * n  # the model's last guess at each position (Jacobi drafts)
     timeline = torch.cat([known, torch.full((n,), -1, dtype=torch.long)]).tolist()
     base, i = len(known), 1  # i tokens emitted; the last one (token) is not cached yet
     timeline[base] = int(token)
@@ -357,12 +364,16 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         if window is not None and cache.length >= window:  # slide exactly where plain decoding does
             cache.keep_last(keep + (i - 1) % period, sink)
         room = (window if window is not None else cache.max_len) - cache.length - 1
-        drafts = []
+        drafts, names = [], []
         for j in range(i, i + max(0, min(length, n - 1 - i, room))):
-            value = timeline[source[j]] if source[j] >= 0 else -1
+            offers = [(timeline[source[j]] if source[j] >= 0 else -1, DRAFT_KINDS[kind[j]])]
+            if jacobi != "off":
+                offers.insert(len(offers) if jacobi == "fallback" else 0, (guess[j], "jacobi"))
+            value, name = next(((v, k) for v, k in offers if v >= 0), (-1, ""))
             if value < 0:
                 break
             drafts.append(value)
+            names.append(name)
             timeline[base + j] = value  # tentative: a later draft may copy it
         block = torch.tensor([int(token), *drafts], device=gen.device)
         start = cache.length
@@ -372,8 +383,7 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         counts["forwards"] += 1
         out, new = [], None
         probs = filtered_probs(guided, **options) if options["temperature"] > 0 else None
-        for j, d in enumerate(drafts):
-            name = DRAFT_KINDS[kind[i + j]]
+        for j, (d, name) in enumerate(zip(drafts, names)):
             counts["proposed"][name] += 1
             if probs is None:
                 best = int(guided[j].argmax())
@@ -391,6 +401,10 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             last = guided[len(drafts)][None]
             new = int(last.argmax(-1)[0] if probs is None else draw(probs[len(drafts)][None], generator)[0])
         out.append(new + lo)
+        # rows past the rejection guessed the positions after it, from a prefix with one wrong token
+        for j, value in enumerate(guided[len(out) : len(drafts) + 1].argmax(-1).tolist(), start=i + len(out)):
+            if j < n:
+                guess[j] = value + lo
         if drafts:
             rate = 0.8 * rate + 0.2 * (len(out) - 1) / len(drafts)
         length = min(draft, length + 2) if len(out) > len(drafts) else max(1, length - 1)

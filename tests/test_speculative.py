@@ -28,14 +28,18 @@ def debug_gen():
     return VideoGenerator.random("debug", tokenizer="debug", seed=0)
 
 
+@pytest.mark.parametrize("jacobi", ["fallback", "first"])
 @pytest.mark.parametrize("task", list(TASKS))
-def test_greedy_is_plain_greedy_for_every_task(debug_gen, task):
+def test_greedy_is_plain_greedy_for_every_task(debug_gen, task, jacobi):
     video = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     opts = {"temperature": 0.0, "cfg_text": 2.0, "seed": 0}
     plain = TASKS[task](debug_gen, video, speculative=0, **opts).codes
-    fast = TASKS[task](debug_gen, video, speculative=8, **opts).codes
+    fast = TASKS[task](debug_gen, video, speculative=8, jacobi=jacobi, **opts).codes
     assert torch.equal(plain, fast), task
-    assert sum(debug_gen.stats["proposed"].values()) > 0, task  # drafts were tried
+    proposed = debug_gen.stats["proposed"]
+    assert sum(proposed.values()) > 0, task  # drafts were tried
+    if jacobi == "first":
+        assert proposed["jacobi"] > 0, task
 
 
 def test_trained_model_keeps_most_drafts_and_needs_fewer_passes():
@@ -75,9 +79,11 @@ def test_draft_sources_follow_coordinates():
     assert source.tolist() == [-1, 0, 1, 2, 3, 4] and kind[1:].tolist() == [1] * 5  # the code to the left
 
 
-def test_sampled_distribution_matches_plain_sampling():
+@pytest.mark.parametrize("jacobi", ["fallback", "first"])
+def test_sampled_distribution_matches_plain_sampling(jacobi):
     """Chi-square test of homogeneity, per generated position, between 1500 plain samples and
-    1500 speculative ones (8 categories, df = 7; 24.3 is the 0.1 % critical value)."""
+    1500 speculative ones (8 categories, df = 7; 24.3 is the 0.1 % critical value). Every
+    position has a previous-frame draft; with jacobi="first" the model's guesses go first."""
     model, prompt, cfg = tiny_setup()
     n, opts = 1500, {"temperature": 0.7, "top_k": 6, "legal": (20, 28)}
     many = CFG(text=cfg.text, visual=cfg.visual, no_text=[cfg.no_text] * n, uncond=[cfg.uncond] * n)
@@ -85,10 +91,11 @@ def test_sampled_distribution_matches_plain_sampling():
     stats, spec = {}, []
     g = torch.Generator().manual_seed(1)
     for _ in range(n):
-        spec.append(generate(model, prompt, cfg=cfg, generator=g, draft=4, stats=stats, **opts)[0])
+        spec.append(generate(model, prompt, cfg=cfg, generator=g, draft=4, jacobi=jacobi, stats=stats, **opts)[0])
     spec = torch.stack(spec)
     proposed, kept = sum(stats["proposed"].values()), sum(stats["accepted"].values())
     assert 0 < kept < proposed  # both branches ran: kept drafts and rejections
+    assert (stats["proposed"]["jacobi"] > 0) == (jacobi == "first")
     for pos in range(6):
         a = torch.bincount(plain[:, pos] - 20, minlength=8).double()
         b = torch.bincount(spec[:, pos] - 20, minlength=8).double()

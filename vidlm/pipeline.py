@@ -63,7 +63,8 @@ class VideoGenerator:
 
     Every method takes `seed`, sampling options (`temperature`, `top_k`, `top_p`), guidance
     scales (`cfg_text`, `cfg_visual`; 1 = plain conditional sampling, see `vidlm.lm.sample.CFG`),
-    `speculative` (drafts per forward pass, default SPECULATIVE; 0 = plain decoding)
+    `speculative` (drafts per forward pass, default SPECULATIVE; 0 = plain decoding; `jacobi`
+    says where the model's own guesses serve as drafts, see `stream`)
     and `progress` (True: a tqdm bar with tokens/s; or a function (done, total) called after
     every sampled code, which may raise to stop sampling), and returns `Generated(video, codes)`.
     """
@@ -214,7 +215,7 @@ class VideoGenerator:
 
     def _sample(self, task: str, grid, text, known, *, seed=0, temperature=1.0, top_k=None,
                 top_p=None, cfg_text=1.0, cfg_visual=1.0, progress=False, window=None, keep=None,
-                period=1, prompt=None, speculative=SPECULATIVE) -> tuple[Tensor, Tensor]:
+                period=1, prompt=None, speculative=SPECULATIVE, jacobi="fallback") -> tuple[Tensor, Tensor]:
         """Sample the codes a task leaves open: (gen_coords (N,3), codes (N,)). The sampling
         statistics (forward passes, drafts proposed / accepted per kind) go to `self.stats`."""
         cond, no_text, bare = self._prompts(task, grid, text, known)
@@ -225,7 +226,7 @@ class VideoGenerator:
         self.stats = {"tokens": len(cond.gen_coords)}
         tokens = stream(self.lm, cond, cfg=cfg, generator=generator, temperature=temperature,
                         top_k=top_k, top_p=top_p, legal=self.vocab.code_range, window=window, keep=keep,
-                        period=period, draft=speculative, stats=self.stats)
+                        period=period, draft=speculative, jacobi=jacobi, stats=self.stats)
         out, total = [], len(cond.gen_coords)
         report = progress if callable(progress) else None
         with progress_bar(total=total, unit="tok", desc=task, disable=progress is not True) as bar:
