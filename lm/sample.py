@@ -269,6 +269,8 @@ def stream(
       coordinates give no draft, "first" before the coordinates' draft, "off" never.
     stats: a dict to count into: forwards, and per draft kind proposed / accepted.
     """
+    if jacobi not in ("fallback", "first", "off"):
+        raise ValueError(f"jacobi must be 'fallback', 'first' or 'off', got {jacobi!r}")
     prompts = _as_list(prompt)
     groups = cfg_groups(prompts, cfg)
     weights = [w for w, _ in groups]
@@ -341,8 +343,6 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
     """stream's decode loop with drafts (one prompt; its CFG variants are the cache's rows):
     each forward pass appends the last sampled token and up to `draft` drafts, keeps the
     longest accepted run plus one token sampled at the first rejection (or after the run)."""
-    if jacobi not in ("fallback", "first", "off"):
-        raise ValueError(f"jacobi must be 'fallback', 'first' or 'off', got {jacobi!r}")
     rows, lo = len(weights), legal[0] if legal is not None else 0
     source, kind, known = draft_sources(prompt, legal)
     guess = [-1] * n  # the model's last guess at each position (Jacobi drafts)
@@ -366,9 +366,9 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         room = (window if window is not None else cache.max_len) - cache.length - 1
         drafts, names = [], []
         for j in range(i, i + max(0, min(length, n - 1 - i, room))):
-            offers = [(timeline[source[j]] if source[j] >= 0 else -1, DRAFT_KINDS[kind[j]])]
-            if jacobi != "off":
-                offers.insert(len(offers) if jacobi == "fallback" else 0, (guess[j], "jacobi"))
+            coord = (timeline[source[j]] if source[j] >= 0 else -1, DRAFT_KINDS[kind[j]])
+            offers = {"fallback": (coord, (guess[j], "jacobi")), "first": ((guess[j], "jacobi"), coord),
+                      "off": (coord,)}[jacobi]
             value, name = next(((v, k) for v, k in offers if v >= 0), (-1, ""))
             if value < 0:
                 break
@@ -401,10 +401,10 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             last = guided[len(drafts)][None]
             new = int(last.argmax(-1)[0] if probs is None else draw(probs[len(drafts)][None], generator)[0])
         out.append(new + lo)
-        # rows past the rejection guessed the positions after it, from a prefix with one wrong token
+        # rows past the rejection guessed the positions after it (all < n), from a prefix with one
+        # wrong token
         for j, value in enumerate(guided[len(out) : len(drafts) + 1].argmax(-1).tolist(), start=i + len(out)):
-            if j < n:
-                guess[j] = value + lo
+            guess[j] = value + lo
         if drafts:
             rate = 0.8 * rate + 0.2 * (len(out) - 1) / len(drafts)
         length = min(draft, length + 2) if len(out) > len(drafts) else max(1, length - 1)
