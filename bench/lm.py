@@ -20,9 +20,9 @@ the speed does not depend on what the weights learned).
 
 With --model (trained weights, e.g. shapes-demo) it also measures speculative decoding, where
 speed does depend on the weights: seconds per 17-frame 64x64 t2v clip with text CFG, plain
-decode vs speculative (coordinate drafts first, the model's own guesses where none; and the
-model's guesses first, "jacobi first"), at temperature 0 and 1; the same number of codes decoded by HF
-`generate` with the same weights and rows (greedy; HF has no CFG, so its two rows decode the
+decode vs speculative (the default draft order, and each order: coordinate drafts first, the
+model's own guesses where none; and the model's guesses first), at temperature 0 and 1; the
+same number of codes decoded by HF `generate` with the same weights and rows (greedy; HF has no CFG, so its two rows decode the
 same prompt); and the share of drafts kept per task and per draft kind. --out writes the
 ratios as JSON (decode_vs_hf, train_vs_hf, speculative_vs_plain, speculative_vs_hf, acceptance,
 draft_order).
@@ -332,8 +332,8 @@ def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
     gen = VideoGenerator.from_pretrained(model_name)
     caption = "a red circle bouncing to the right on a black background"
     out = {"clip_seconds": {}, "draft_order": {}}
-    variants = {"plain": (0, "fallback"), "speculative": (SPECULATIVE, "fallback"),
-                "jacobi first": (SPECULATIVE, "first")}  # the model's guesses before the coordinates'
+    variants = {"plain": (0, "off"), "speculative": (SPECULATIVE, "auto"),  # the default order
+                "coordinates first": (SPECULATIVE, "fallback"), "jacobi first": (SPECULATIVE, "first")}
     for temperature in (0.0, 1.0):
         for name, (draft, jacobi) in variants.items():
             times = []
@@ -346,7 +346,7 @@ def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
             out["clip_seconds"][key] = statistics.median(times[1:])
             if draft:
                 out["draft_order"][key] = kept_drafts(gen.stats)
-            print(f"t2v 17x64x64, CFG {cfg_text:g}, {key:<18} {out['clip_seconds'][key]:6.2f} s per clip")
+            print(f"t2v 17x64x64, CFG {cfg_text:g}, {key:<22} {out['clip_seconds'][key]:6.2f} s per clip")
     codes = gen.stats["tokens"]
     hf = to_hf(gen.lm)
     ids = torch.randint(*gen.vocab.code_range, (2, 32), generator=torch.Generator().manual_seed(0))
