@@ -2,7 +2,7 @@
 
     name   dim   layers  heads/kv  context  params: blocks / + embeddings   where
     debug    64     2      4/2        512   0.1 M / 0.2 M (vocab 1k)     CPU, seconds (tests)
-    demo    256     6      8/4       1024   4.4 M / 5.2 M (vocab 1.5k)   the shapes world on a 2-core CPU
+    demo    256     6      8/4       1280   4.4 M / 5.2 M (vocab 1.5k)   the shapes world on a 2-core CPU
     S       768    16     12/4       4096   100 M / 200 M (vocab 65k)    1 GPU
     M      1024    24     16/8       4096   280 M / 410 M                1-8 GPUs, ZeRO-1/2
     L      2048    16     32/8       8192   0.97 B / 1.24 B              8 GPUs, ZeRO-2/3
