@@ -22,8 +22,8 @@ With --model (trained weights, e.g. shapes-demo) it also measures speculative de
 speed does depend on the weights: seconds per 17-frame 64x64 t2v clip with text CFG, plain
 decode vs speculative (the default draft order, and each order: coordinate drafts first, the
 model's own guesses where none; and the model's guesses first), at temperature 0 and 1; the
-same number of codes decoded by HF `generate` with the same weights and rows (greedy; HF has no CFG, so its two rows decode the
-same prompt); and the share of drafts kept per task and per draft kind. --out writes the
+same number of codes decoded by HF `generate` with the same weights and rows (greedy; HF has
+no CFG, so its two rows decode the same prompt); and the share of drafts kept per task and per draft kind. --out writes the
 ratios as JSON (decode_vs_hf, train_vs_hf, speculative_vs_plain, speculative_vs_hf, acceptance,
 draft_order).
 """
@@ -290,15 +290,13 @@ def check_logits(model, hf, vocab, seq=64):
         raise SystemExit("the logits differ: the weight mapping or the RoPE layout is not the same model")
 
 
-def clip_seconds(repeats: int) -> float:
-    """Seconds to generate a 17-frame 64x64 t2v clip with the demo presets (random weights)."""
-    from vidlm.pipeline import VideoGenerator
-
-    gen = VideoGenerator.random("demo", tokenizer="demo")
+def clip_seconds(gen, repeats: int, caption: str = "a red circle moves right", **options) -> float:
+    """Seconds to generate a 17-frame 64x64 t2v clip with `gen` (VideoGenerator) and sampling
+    `options`: the median of `repeats` seeds after one warm-up."""
     times = []
     for seed in range(1 + repeats):
         t0 = time.perf_counter()
-        gen.t2v("a red circle moves right", frames=17, size=(64, 64), seed=seed)
+        gen.t2v(caption, frames=17, size=(64, 64), seed=seed, **options)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 
@@ -336,14 +334,9 @@ def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
                 "coordinates first": (SPECULATIVE, "fallback"), "jacobi first": (SPECULATIVE, "first")}
     for temperature in (0.0, 1.0):
         for name, (draft, jacobi) in variants.items():
-            times = []
-            for seed in range(1 + repeats):
-                t0 = time.perf_counter()
-                gen.t2v(caption, temperature=temperature, cfg_text=cfg_text, seed=seed, speculative=draft,
-                        jacobi=jacobi)
-                times.append(time.perf_counter() - t0)
             key = f"{name} T={temperature:g}"
-            out["clip_seconds"][key] = statistics.median(times[1:])
+            out["clip_seconds"][key] = clip_seconds(gen, repeats, caption, temperature=temperature,
+                                                    cfg_text=cfg_text, speculative=draft, jacobi=jacobi)
             if draft:
                 out["draft_order"][key] = kept_drafts(gen.stats)
             print(f"t2v 17x64x64, CFG {cfg_text:g}, {key:<22} {out['clip_seconds'][key]:6.2f} s per clip")
@@ -426,7 +419,10 @@ def main(argv=None) -> int:
     print(f"ratios (ours / HF): decode x{decode:.2f} (target >= 2.0), prefill x{prefill:.2f}, "
           f"train step x{train:.2f} (target >= 1.3)")
     if not args.no_clip:
-        print(f"17-frame 64x64 t2v clip, demo presets: {clip_seconds(args.repeats):.2f} s "
+        from vidlm.pipeline import VideoGenerator
+
+        seconds = clip_seconds(VideoGenerator.random("demo", tokenizer="demo"), args.repeats)  # random weights
+        print(f"17-frame 64x64 t2v clip, demo presets: {seconds:.2f} s "
               f"(median of {args.repeats}, after one warm-up)")
     report = {"decode_vs_hf": round(decode, 2), "prefill_vs_hf": round(prefill, 2), "train_vs_hf": round(train, 2),
               **paths}
