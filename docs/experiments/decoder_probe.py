@@ -11,13 +11,12 @@ OUT/decoder.jsonl (docs/experiments.md).
     python docs/experiments/decoder_probe.py --name obj8 --obj 8 --minutes 8 --out exp
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from probe_common import object_weights, parse, training_clips
+from probe_common import object_weights, parse, report, training_clips
 from vidlm.tokenizer.config import DiscConfig
 from vidlm.tokenizer.discriminator import PatchDiscriminator3D
 from vidlm.tokenizer.losses import hinge_d_loss, hinge_g_loss
@@ -65,11 +64,8 @@ def measure(minutes: float) -> None:
             col.append(majority([o and o["colour"] for o in found]) == obj["colour"])
             shp.append(majority([o and o["shape"] for o in found]) == obj["shape"])
     row = {"name": a.name, "steps": step, "minutes": round(minutes, 1), "psnr": round(float(np.mean(ps)), 2),
-           "colour": float(np.mean(col)), "shape": float(np.mean(shp)), "fill_median": round(float(np.median(fills)), 3),
-           "args": {k: str(v) for k, v in vars(a).items()}}
-    print(json.dumps(row), flush=True)
-    with open(a.out / "decoder.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+           "colour": float(np.mean(col)), "shape": float(np.mean(shp)), "fill_median": round(float(np.median(fills)), 3)}
+    report(row, a, "decoder.jsonl")
     if a.save:
         model.save_pretrained(a.save)
     trained.load_state_dict(live)

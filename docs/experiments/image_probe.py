@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import torch
-from probe_common import object_weights, parse, training_clips
+from probe_common import object_weights, parse, report, training_clips
 from vidlm.tokenizer.config import TokenizerConfig
 from vidlm.tokenizer.model import VideoTokenizer
 
@@ -72,7 +72,5 @@ with torch.no_grad():
             truth.append(bool(seen_t) and seen_t["shape"] == shape)
             rec.append(bool(seen_r) and seen_r["shape"] == shape)
 row = {"name": a.name, "steps": step, "psnr": round(float(np.mean(psnr)), 2), "shape_truth": round(float(np.mean(truth)), 3),
-       "shape_rec": round(float(np.mean(rec)), 3), "args": {k: str(v) for k, v in vars(a).items()}}
-print(json.dumps(row))
-with open(a.out / "image.jsonl", "a") as f:
-    f.write(json.dumps(row) + "\n")
+       "shape_rec": round(float(np.mean(rec)), 3)}
+report(row, a, "image.jsonl")

@@ -2,6 +2,7 @@
 `vidlm data synth --seed 0`, rendered once and cached as OUT/clipsN.npy), and the weights that
 favour an object's pixels."""
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,14 @@ def training_clips(out: Path, num: int, mp4: bool = False) -> torch.Tensor:
         np.save(str(cache) + ".tmp.npy", np.stack(vids))
         Path(str(cache) + ".tmp.npy").rename(cache)
     return torch.from_numpy(np.load(cache))
+
+
+def report(row: dict, a: argparse.Namespace, file: str) -> None:
+    """Print one result row (with the run's arguments) and append it to OUT/file as a JSON line."""
+    row = {**row, "args": {k: str(v) for k, v in vars(a).items()}}
+    print(json.dumps(row), flush=True)
+    with open(a.out / file, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def object_weights(x: torch.Tensor, obj: float, edge: float) -> torch.Tensor:

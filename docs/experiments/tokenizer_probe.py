@@ -3,8 +3,10 @@ memory (no loader, no DeepSpeed: the same modules and losses as `vidlm tokenizer
 autocast over fp32 weights, AdamW, EMA 0.99, every other step on 16 single frames; until the
 third round of docs/experiments.md the weights themselves were bf16), then measure on 32 held-out clips of
 `vidlm eval world`: PSNR (all frames and frame 0), the detector's colour/shape on the
-reconstructions (majority over frames), code entropy and usage. One JSON line per run is
-appended to OUT/results.jsonl; docs/experiments.md holds the table.
+reconstructions (majority over frames; frame 0 alone; the share of all frames read right), code
+entropy and usage. One JSON line per measurement (every --eval-every minutes, and at the end) is
+appended to OUT/results.jsonl; docs/experiments.md holds the table. --save keeps the EMA weights
+of each measurement, and --init continues from them.
 
     python docs/experiments/tokenizer_probe.py --name tf2 --model '{"time_factor": 2}' --out exp
 """
@@ -14,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from probe_common import parse, training_clips
+from probe_common import parse, report, training_clips
 from vidlm.tokenizer.config import LossConfig, TokenizerConfig
 from vidlm.tokenizer.losses import TokenizerLosses
 from vidlm.tokenizer.metrics import psnr_per_frame
@@ -33,17 +35,55 @@ p.add_argument("--image-batch", type=int, default=16)
 p.add_argument("--hard", type=float, default=1.0)
 p.add_argument("--mp4", action="store_true", help="train on the shards' H.264 frames")
 p.add_argument("--frames", type=int, default=17)
+p.add_argument("--eval-every", type=float, default=0, help="minutes between measurements (0: at the end)")
+p.add_argument("--save", help="save the EMA weights here at each measurement (save_pretrained)")
+p.add_argument("--init", help="start from these saved weights (a --save folder; --model and --preset are ignored)")
 a = parse(p, batch=4)
 data = training_clips(a.out, a.clips, a.mp4)  # N,T,H,W,3
-cfg = TokenizerConfig.from_name(a.preset, **json.loads(a.model))
-model = VideoTokenizer(cfg)  # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
+model = VideoTokenizer.from_pretrained(a.init) if a.init else VideoTokenizer(TokenizerConfig.from_name(a.preset, **json.loads(a.model)))
+cfg = model.cfg  # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
 bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 nparam = sum(p.numel() for p in model.parameters())
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99))
 losses = TokenizerLosses(LossConfig(l1_weight=1, l2_weight=1, gan_weight=0, hard_weight=a.hard))
 ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+
+def measure(minutes: float) -> None:
+    """Score the EMA weights on the held-out clips; print and append one row; --save them."""
+    live = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema)
+    model.eval()
+    ps, p0, col, shp, shp0, shpf, hist = [], [], [], [], [], [], torch.zeros(cfg.vocab_size)
+    with torch.no_grad():
+        for video, cap, world in heldout_clips(32, 0):
+            v = video[None, :, :a.frames]
+            with bf16():
+                ids = model.encode(v)
+                rec = model.decode(ids).float()[0]
+            hist += torch.bincount(ids.flatten(), minlength=cfg.vocab_size)
+            pf = psnr_per_frame(rec[None], v)
+            ps.append(float(pf.mean())); p0.append(float(pf[0]))
+            obj, found = world["objects"][0], observe(rec, world["background"])
+            col.append(majority([o and o["colour"] for o in found]) == obj["colour"])
+            shp.append(majority([o and o["shape"] for o in found]) == obj["shape"])
+            shp0.append(bool(found[0]) and found[0]["shape"] == obj["shape"])
+            shpf += [bool(o) and o["shape"] == obj["shape"] for o in found]
+    pr = hist / hist.sum()
+    ent = float(-(pr[pr > 0] * pr[pr > 0].log2()).sum())
+    row = {"name": a.name, "minutes": round(minutes, 1), "steps": step, "params": nparam, "psnr": round(float(np.mean(ps)), 2),
+           "psnr_f0": round(float(np.mean(p0)), 2), "colour": float(np.mean(col)), "shape": float(np.mean(shp)),
+           "shape_f0": float(np.mean(shp0)), "shape_frames": round(float(np.mean(shpf)), 3),
+           "code_entropy_bits": round(ent, 2), "usage": float((hist > 0).float().mean())}
+    report(row, a, "results.jsonl")
+    if a.save:
+        model.save_pretrained(a.save)
+    model.load_state_dict(live)
+    model.train()
+
+
 g = torch.Generator().manual_seed(0)
-t0, step = time.time(), 0
+t0, step, next_eval = time.time(), 0, a.eval_every
 while time.time() - t0 < 60 * a.minutes:
     idx = torch.randint(0, len(data), (a.batch,), generator=g)
     x = data[idx, :a.frames].permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -63,31 +103,7 @@ while time.time() - t0 < 60 * a.minutes:
         for k, v in model.state_dict().items():
             ema[k].mul_(0.99).add_(v.float(), alpha=0.01) if v.is_floating_point() else ema[k].copy_(v)
     step += 1
-train_s = time.time() - t0
-model.load_state_dict(ema)
-model.eval()
-clips = heldout_clips(32, 0)
-ps, p0, col, shp, shp0, hist = [], [], [], [], [], torch.zeros(cfg.vocab_size)
-with torch.no_grad():
-    for video, cap, world in clips:
-        v = video[None, :, :a.frames]
-        with bf16():
-            ids = model.encode(v)
-        hist += torch.bincount(ids.flatten(), minlength=cfg.vocab_size)
-        with bf16():
-            rec = model.decode(ids).float()[0]
-        pf = psnr_per_frame(rec[None], video[None, :, :a.frames])
-        ps.append(float(pf.mean())); p0.append(float(pf[0]))
-        obj, bg = world["objects"][0], world["background"]
-        found = observe(rec, bg)
-        col.append(majority([o and o["colour"] for o in found]) == obj["colour"])
-        shp.append(majority([o and o["shape"] for o in found]) == obj["shape"])
-        shp0.append(bool(found[0]) and found[0]["shape"] == obj["shape"])
-pr = hist / hist.sum()
-ent = float(-(pr[pr > 0] * pr[pr > 0].log2()).sum())
-row = {"name": a.name, "minutes": round(train_s / 60, 1), "steps": step, "params": nparam, "psnr": round(float(np.mean(ps)), 2),
-           "psnr_f0": round(float(np.mean(p0)), 2), "colour": float(np.mean(col)), "shape": float(np.mean(shp)), "shape_f0": float(np.mean(shp0)),
-           "code_entropy_bits": round(ent, 2), "usage": float((hist > 0).float().mean()), "args": {k: str(v) for k, v in vars(a).items()}}
-print(json.dumps(row))
-with open(a.out / "results.jsonl", "a") as f:
-    f.write(json.dumps(row) + "\n")
+    if a.eval_every and time.time() - t0 > 60 * next_eval:
+        measure((time.time() - t0) / 60)
+        next_eval += a.eval_every
+measure((time.time() - t0) / 60)
