@@ -11,8 +11,10 @@ never attended. A padding query attends to itself only (its output is garbage bu
 `q_doc = k_doc = None` means one document per row and no padding (plain causal attention).
 
 Backends
-- "sdpa": `scaled_dot_product_attention` with a boolean block mask built from the rule above
-  (or `is_causal` without doc ids). Any device, any dtype; the reference.
+- "sdpa": `scaled_dot_product_attention`. Any device, any dtype; the reference. Full rows with
+  doc ids (training, prefill) run it causally on each document (contiguous within a row, as
+  packing makes them); a cache's queries attend under a boolean block mask built from the rule
+  above; no doc ids is plain `is_causal`.
 - "flash": flash-attn 2 (`pip install vidlm[gpu]`), fp16/bf16 on CUDA only:
   `flash_attn_varlen_func` for full rows (each maximal run of one doc id is a sequence,
   cu_seqlens from the doc ids; documents must be contiguous within a row, as packing makes
@@ -71,10 +73,34 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | 
             ones = torch.zeros(q.shape[0], lq, dtype=torch.long, device=q.device)
             mask = block_mask(ones, torch.zeros(q.shape[0], lk, dtype=torch.long, device=q.device))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    elif lq == lk and mask is None:
+        out = _per_document(q, k, v, q_doc)
     else:
         mask = block_mask(q_doc, k_doc) if mask is None else mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     return out.transpose(1, 2)
+
+
+def _per_document(q: Tensor, k: Tensor, v: Tensor, doc: Tensor) -> Tensor:
+    """Full rows (B,H,L,D) of contiguous documents: causal SDPA on each document alone, so no
+    (L,L) mask is built and no work is spent on the blocks a mask would throw away (about half
+    of a packed row's attention, and more with several documents). A padding query (doc -1)
+    attends to itself only: its output is its value."""
+    b, h, n, d = q.shape
+    rep = h // k.shape[1]
+    cu, _ = _cu_seqlens(doc)
+    bounds = cu.tolist()
+    ids = doc.reshape(-1)[cu[:-1].long()].tolist()
+    pieces = []
+    for s, e, i in zip(bounds[:-1], bounds[1:], ids):
+        r, a = divmod(s, n)
+        z = a + e - s
+        if i < 0:
+            pieces.append(v[r, :, a:z].repeat_interleave(rep, 0))
+        else:
+            pieces.append(F.scaled_dot_product_attention(q[r : r + 1, :, a:z], k[r : r + 1, :, a:z], v[r : r + 1, :, a:z],
+                                                          is_causal=True, enable_gqa=rep > 1)[0])
+    return torch.cat(pieces, 1).view(h, b, n, d).transpose(0, 1)
 
 
 def _cu_seqlens(doc: Tensor) -> tuple[Tensor, int]:

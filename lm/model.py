@@ -239,7 +239,8 @@ class VideoLM(nn.Module):
         cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
         x = self.tok_emb(ids)  # (B,L,dim)
         backend = resolve_backend(self.cfg.attn_backend, x)
-        mask = block_mask(q_doc, k_doc) if backend == "sdpa" and q_doc is not None else None  # once, all layers
+        # once for all layers; full rows (q_doc is k_doc) attend per document, without a mask
+        mask = block_mask(q_doc, k_doc) if backend == "sdpa" and q_doc is not None and q_doc.shape != k_doc.shape else None
         docs = (q_doc, k_doc, mask, backend)
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):

@@ -151,6 +151,16 @@ def test_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=n)
 
 
+def manual_attention(q, k, v, q_doc, k_doc):
+    """The rule of lm/attention.py written out: softmax over the keys block_mask allows."""
+    mask = block_mask(q_doc, k_doc)[:, 0]  # (B,Lq,Lk)
+    rep = q.shape[2] // k.shape[2]
+    kk, vv = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    att = torch.einsum("bqhd,bkhd->bhqk", q, kk) / q.shape[-1] ** 0.5
+    att = att.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+    return torch.einsum("bhqk,bkhd->bqhd", att, vv)
+
+
 def test_sdpa_mask_matches_manual_attention():
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 5, 4, 8, generator=g)
@@ -159,11 +169,22 @@ def test_sdpa_mask_matches_manual_attention():
     k_doc = torch.tensor([[-1, -1, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1, 1]])
     q_doc = k_doc[:, -5:]
     out = attention(q, k, v, q_doc, k_doc, backend="sdpa")
-    mask = block_mask(q_doc, k_doc)[:, 0]  # (B,5,9)
-    kk, vv = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
-    att = torch.einsum("bqhd,bkhd->bhqk", q, kk) / 8**0.5
-    att = att.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
-    torch.testing.assert_close(out, torch.einsum("bhqk,bkhd->bqhd", att, vv), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, manual_attention(q, k, v, q_doc, k_doc), atol=1e-5, rtol=1e-5)
+
+
+def test_full_rows_attend_per_document_as_the_mask_says():
+    """Packed rows (the training path) run causal SDPA per document; outputs and gradients equal
+    the masked attention's, padding queries (their own value) included."""
+    g = torch.Generator().manual_seed(1)
+    doc = torch.tensor([[0] * 5 + [1] * 3 + [2] + [-1] * 3, [-1] * 2 + [0] * 10, [0] * 12])
+    q, k, v = (torch.randn(3, 12, h, 8, generator=g, requires_grad=True) for h in (4, 2, 2))
+    out = attention(q, k, v, doc, doc, backend="sdpa")
+    ref = manual_attention(q, k, v, doc, doc)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.gpu
