@@ -59,6 +59,15 @@ def block_mask(q_doc: Tensor, k_doc: Tensor) -> Tensor:
     return mask[:, None]
 
 
+def layer_mask(q_doc: Tensor | None, k_doc: Tensor | None, backend: str) -> Tensor | None:
+    """What a caller running many layers builds once for `attention(..., mask=)`: block_mask
+    for SDPA queries over a cache (fewer queries than keys); None where no mask is needed (no
+    doc ids, flash, and full rows, which SDPA attends per document)."""
+    if backend != "sdpa" or q_doc is None or q_doc.shape[1] == k_doc.shape[1]:
+        return None
+    return block_mask(q_doc, k_doc)
+
+
 def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,
          mask: Tensor | None = None) -> Tensor:
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B,H,L,D)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vidlm.lm.attention import attention, block_mask, resolve_backend
+from vidlm.lm.attention import attention, layer_mask, resolve_backend
 from vidlm.lm.config import LMConfig
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -239,8 +239,7 @@ class VideoLM(nn.Module):
         cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
         x = self.tok_emb(ids)  # (B,L,dim)
         backend = resolve_backend(self.cfg.attn_backend, x)
-        # once for all layers; full rows (q_doc is k_doc) attend per document, without a mask
-        mask = block_mask(q_doc, k_doc) if backend == "sdpa" and q_doc is not None and q_doc.shape != k_doc.shape else None
+        mask = layer_mask(q_doc, k_doc, backend)  # once, all layers
         docs = (q_doc, k_doc, mask, backend)
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):

@@ -40,8 +40,9 @@ p.add_argument("--save", help="save the EMA weights here at each measurement (sa
 p.add_argument("--init", help="start from these saved weights (a --save folder; --model and --preset are ignored)")
 a = parse(p, batch=4)
 data = training_clips(a.out, a.clips, a.mp4)  # N,T,H,W,3
+# fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
 model = VideoTokenizer.from_pretrained(a.init) if a.init else VideoTokenizer(TokenizerConfig.from_name(a.preset, **json.loads(a.model)))
-cfg = model.cfg  # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
+cfg = model.cfg
 bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 nparam = sum(p.numel() for p in model.parameters())
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99))
@@ -83,7 +84,7 @@ def measure(minutes: float) -> None:
 
 
 g = torch.Generator().manual_seed(0)
-t0, step, next_eval = time.time(), 0, a.eval_every
+t0, step, next_eval, measured = time.time(), 0, a.eval_every, -1
 while time.time() - t0 < 60 * a.minutes:
     idx = torch.randint(0, len(data), (a.batch,), generator=g)
     x = data[idx, :a.frames].permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -105,5 +106,6 @@ while time.time() - t0 < 60 * a.minutes:
     step += 1
     if a.eval_every and time.time() - t0 > 60 * next_eval:
         measure((time.time() - t0) / 60)
-        next_eval += a.eval_every
-measure((time.time() - t0) / 60)
+        measured, next_eval = step, next_eval + a.eval_every
+if measured != step:  # not measured at this step yet
+    measure((time.time() - t0) / 60)
