@@ -21,13 +21,18 @@ Backends
   them), `flash_attn_func` for causal rows or single-document decode steps. A decode step
   over a cache that holds padding or several documents falls back to SDPA (flash's kv-cache
   kernel has no document mask).
-`resolve_backend("auto", x)` picks flash where it can run, else SDPA. tests/test_lm_model.py
+`resolve_backend("auto", x)` picks flash where it can run, else SDPA. A model runs
+`layer_plan(q_doc, k_doc, backend)` once per forward and passes it to every layer's
+`attention(..., plan=)`: the block mask, or the document runs of full rows (one host read per
+forward, not per layer). tests/test_lm_model.py
 checks that the backends agree (GPU-marked) and pins the SDPA path on CPU.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from itertools import pairwise
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -59,22 +64,45 @@ def block_mask(q_doc: Tensor, k_doc: Tensor) -> Tensor:
     return mask[:, None]
 
 
-def layer_mask(q_doc: Tensor | None, k_doc: Tensor | None, backend: str) -> Tensor | None:
-    """What a caller running many layers builds once for `attention(..., mask=)`: block_mask
-    for SDPA queries over a cache (fewer queries than keys); None where no mask is needed (no
-    doc ids, flash, and full rows, which SDPA attends per document)."""
-    if backend != "sdpa" or q_doc is None or q_doc.shape[1] == k_doc.shape[1]:
+class Runs(NamedTuple):
+    """The maximal runs of one doc id in full rows (B,L), over the flattened rows."""
+
+    cu: Tensor  # (N+1,) int32 run boundaries (flash-attn's cu_seqlens)
+    longest: int
+    bounds: list[int]  # cu on the host
+    ids: list[int]  # each run's doc id (-1: padding)
+
+
+def document_runs(doc: Tensor) -> Runs:
+    b, n = doc.shape
+    flat = doc.reshape(-1)
+    start = torch.ones_like(flat, dtype=torch.bool)
+    start[1:] = flat[1:] != flat[:-1]
+    start[::n] = True  # every row starts a run
+    starts = start.nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([b * n])]).to(torch.int32)
+    bounds = cu.tolist()
+    return Runs(cu, max(e - s for s, e in pairwise(bounds)), bounds, flat[starts].tolist())
+
+
+def layer_plan(q_doc: Tensor | None, k_doc: Tensor | None, backend: str) -> Tensor | Runs | None:
+    """What a caller running many layers computes once for `attention(..., plan=)`: the document
+    runs of full rows with doc ids, block_mask for SDPA queries over a cache (fewer queries than
+    keys), None where neither is needed (no doc ids; flash over a cache decides per call)."""
+    if q_doc is None:
         return None
-    return block_mask(q_doc, k_doc)
+    if q_doc.shape[1] == k_doc.shape[1]:
+        return document_runs(q_doc)
+    return block_mask(q_doc, k_doc) if backend == "sdpa" else None
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,
-         mask: Tensor | None = None) -> Tensor:
+         plan: Tensor | Runs | None = None) -> Tensor:
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B,H,L,D)
     lq, lk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if q_doc is None and mask is not None:  # a mask the caller built (the static decode step)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    if isinstance(plan, Tensor):  # a mask the caller built: block_mask, or the static decode step's
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=plan, enable_gqa=gqa)
     elif q_doc is None:
         if lq == lk or lq == 1:  # a single query is the last position: it sees every key
             out = F.scaled_dot_product_attention(q, k, v, is_causal=lq == lk > 1, enable_gqa=gqa)
@@ -82,26 +110,22 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | 
             ones = torch.zeros(q.shape[0], lq, dtype=torch.long, device=q.device)
             mask = block_mask(ones, torch.zeros(q.shape[0], lk, dtype=torch.long, device=q.device))
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-    elif lq == lk and mask is None:
-        out = _per_document(q, k, v, q_doc)
+    elif lq == lk:
+        out = _per_document(q, k, v, plan or document_runs(q_doc))
     else:
-        mask = block_mask(q_doc, k_doc) if mask is None else mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=block_mask(q_doc, k_doc), enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
-def _per_document(q: Tensor, k: Tensor, v: Tensor, doc: Tensor) -> Tensor:
+def _per_document(q: Tensor, k: Tensor, v: Tensor, runs: Runs) -> Tensor:
     """Full rows (B,H,L,D) of contiguous documents: causal SDPA on each document alone, so no
     (L,L) mask is built and no work is spent on the blocks a mask would throw away (about half
     of a packed row's attention, and more with several documents). A padding query (doc -1)
     attends to itself only: its output is its value."""
     b, h, n, d = q.shape
     rep = h // k.shape[1]
-    cu, _ = _cu_seqlens(doc)
-    bounds = cu.tolist()
-    ids = doc.reshape(-1)[cu[:-1].long()].tolist()
     pieces = []
-    for s, e, i in zip(bounds[:-1], bounds[1:], ids):
+    for (s, e), i in zip(pairwise(runs.bounds), runs.ids):
         r, a = divmod(s, n)
         z = a + e - s
         if i < 0:
@@ -112,19 +136,8 @@ def _per_document(q: Tensor, k: Tensor, v: Tensor, doc: Tensor) -> Tensor:
     return torch.cat(pieces, 1).view(h, b, n, d).transpose(0, 1)
 
 
-def _cu_seqlens(doc: Tensor) -> tuple[Tensor, int]:
-    """Doc ids (B,L) -> cu_seqlens (N+1,) int32 over the flattened rows, and the longest run."""
-    b, n = doc.shape
-    flat = doc.reshape(-1)
-    start = torch.ones_like(flat, dtype=torch.bool)
-    start[1:] = flat[1:] != flat[:-1]
-    start[::n] = True  # every row starts a run
-    starts = start.nonzero().flatten()
-    cu = torch.cat([starts, starts.new_tensor([b * n])]).to(torch.int32)
-    return cu, int((cu[1:] - cu[:-1]).max())
-
-
-def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None) -> Tensor:
+def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,
+          runs: Runs | None = None) -> Tensor:
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
     b, lq = q.shape[:2]
@@ -132,9 +145,9 @@ def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor |
     if q_doc is None:
         return flash_attn_func(q, k, v, causal=True)  # bottom-right aligned causal mask
     if lq == lk:
-        cu, longest = _cu_seqlens(q_doc)
-        out = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu, cu, longest,
-                                     longest, causal=True)
+        r = runs or document_runs(q_doc)
+        out = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), r.cu, r.cu, r.longest,
+                                     r.longest, causal=True)
         return out.view(b, lq, *out.shape[1:])
     single = bool(((k_doc == q_doc[:, :1]) & (k_doc >= 0)).all() and (q_doc == q_doc[:, :1]).all())
     if single:  # one document, no padding: plain causal over the cache
@@ -143,12 +156,12 @@ def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor |
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None = None, k_doc: Tensor | None = None,
-              *, backend: str = "sdpa", mask: Tensor | None = None) -> Tensor:
+              *, backend: str = "sdpa", plan: Tensor | Runs | None = None) -> Tensor:
     """q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D), doc ids (B,Lq)/(B,Lk) or None -> (B,Lq,Hq,D).
-    `mask`: block_mask(q_doc, k_doc), when the caller builds it once for all layers (SDPA), or,
-    with no doc ids, any boolean mask broadcastable to (B,1,Lq,Lk) (SDPA)."""
+    `plan`: layer_plan(q_doc, k_doc, backend), when the caller computes it once for all layers,
+    or, with no doc ids, any boolean mask broadcastable to (B,1,Lq,Lk) (SDPA)."""
     if (q_doc is None) != (k_doc is None):
         raise ValueError("pass both q_doc and k_doc, or neither")
-    if backend == "flash" and mask is None:
-        return flash(q, k, v, q_doc, k_doc)
-    return sdpa(q, k, v, q_doc, k_doc, mask)
+    if backend == "flash" and not isinstance(plan, Tensor):
+        return flash(q, k, v, q_doc, k_doc, plan)
+    return sdpa(q, k, v, q_doc, k_doc, plan)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from vidlm.lm.attention import attention, layer_mask, resolve_backend
+from vidlm.lm.attention import attention, layer_plan, resolve_backend
 from vidlm.lm.config import LMConfig
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -162,8 +162,8 @@ class Attention(nn.Module):
             cache.k[layer, :, s : s + n] = k
             cache.v[layer, :, s : s + n] = v
             k, v = cache.k[layer, :, : s + n], cache.v[layer, :, : s + n]  # (B,S,Hkv,D)
-        q_doc, k_doc, mask, backend = docs
-        out = attention(q, k.to(q.dtype), v.to(q.dtype), q_doc, k_doc, backend=backend, mask=mask)
+        q_doc, k_doc, plan, backend = docs
+        out = attention(q, k.to(q.dtype), v.to(q.dtype), q_doc, k_doc, backend=backend, plan=plan)
         return self.wo(out.reshape(b, n, -1))  # (B,L,dim)
 
 
@@ -239,8 +239,7 @@ class VideoLM(nn.Module):
         cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
         x = self.tok_emb(ids)  # (B,L,dim)
         backend = resolve_backend(self.cfg.attn_backend, x)
-        mask = layer_mask(q_doc, k_doc, backend)  # once, all layers
-        docs = (q_doc, k_doc, mask, backend)
+        docs = (q_doc, k_doc, layer_plan(q_doc, k_doc, backend), backend)  # once, all layers
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if ckpt:
