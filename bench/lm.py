@@ -118,29 +118,31 @@ class DiagonalPrompt:
 
 
 # ------------------------------------------------------------------------------------ the phases
-def train_steps(model, hf, batch, seq, vocab):
-    """Forward, backward and AdamW step on every position's next token: ours as `vidlm lm train`
-    runs it (loss through `VideoLM.target_losses`, fused AdamW), HF's as its Trainer does by
-    default (`labels=`, full logits, torch AdamW)."""
+def step_pair(model, hf, ours_loss, hf_loss, tokens: int):
+    """Two training-step closures for `interleaved`: forward (`*_loss()`), backward and an
+    optimizer step; ours with fused AdamW as `vidlm lm train` runs it, HF's with torch's AdamW
+    as its Trainer does by default."""
     from vidlm.runtime import adamw
 
+    def step(loss, opt):
+        def run():
+            loss().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    return (step(ours_loss, adamw(model.parameters(), lr=1e-5)),
+            step(hf_loss, torch.optim.AdamW(hf.parameters(), lr=1e-5)), tokens)
+
+
+def train_steps(model, hf, batch, seq, vocab):
+    """The training step on every position's next token: ours with the loss through
+    `VideoLM.target_losses`, HF's with `labels=` (full logits)."""
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
     coords = diagonal(batch, 0, seq)
     targets = torch.cat([ids[:, 1:], torch.full((batch, 1), -1)], 1)
-    opt_ours = adamw(model.parameters(), lr=1e-5)
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
-
-    def ours():
-        model(ids, coords, targets=targets).mean().backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-
-    def theirs():
-        hf(input_ids=ids, labels=ids).loss.backward()
-        opt_hf.step()
-        opt_hf.zero_grad(set_to_none=True)
-
-    return ours, theirs, batch * seq
+    return step_pair(model, hf, lambda: model(ids, coords, targets=targets).mean(),
+                     lambda: hf(input_ids=ids, labels=ids).loss, batch * seq)
 
 
 def packed_rows(batch: int, seq: int, vocab: int, doc_len: int) -> dict:
@@ -163,24 +165,11 @@ def train_packed_steps(model, hf, batch, seq, vocab, doc_len):
     restarting per document."""
     from vidlm.lm.attention import block_mask
 
-    from vidlm.runtime import adamw
-
     r = packed_rows(batch, seq, vocab, doc_len)
     mask = block_mask(r["doc"], r["doc"])  # (B,1,L,L), True = attend
-    opt_ours = adamw(model.parameters(), lr=1e-5)
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-5)
-
-    def ours():
-        model(r["ids"], r["coords"], doc_ids=r["doc"], targets=r["targets"]).mean().backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-
-    def theirs():
-        hf(input_ids=r["ids"], attention_mask=mask, position_ids=r["position_ids"], labels=r["labels"]).loss.backward()
-        opt_hf.step()
-        opt_hf.zero_grad(set_to_none=True)
-
-    return ours, theirs, batch * seq
+    return step_pair(model, hf, lambda: model(r["ids"], r["coords"], doc_ids=r["doc"], targets=r["targets"]).mean(),
+                     lambda: hf(input_ids=r["ids"], attention_mask=mask, position_ids=r["position_ids"],
+                                labels=r["labels"]).loss, batch * seq)
 
 
 def optimizer_steps(model, repeats: int) -> dict:
