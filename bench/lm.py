@@ -22,8 +22,8 @@ the speed does not depend on what the weights learned).
 
 With --model (trained weights, e.g. shapes-demo) it also measures speculative decoding, where
 speed does depend on the weights: seconds per 17-frame 64x64 t2v clip with text CFG, plain
-decode vs speculative (the default draft order, and each order: coordinate drafts first, the
-model's own guesses where none; and the model's guesses first), at temperature 0 and 1; the
+decode vs speculative (the default draft order, the model's own guesses first, and the other:
+coordinate drafts first, the model's guesses where none), at temperature 0 and 1; the
 same number of codes decoded by HF `generate` with the same weights and rows (greedy; HF has
 no CFG, so its two rows decode the same prompt); and the share of drafts kept per task and per draft kind. --out writes the
 ratios as JSON (decode_vs_hf, train_vs_hf, speculative_vs_plain, speculative_vs_hf, acceptance,
@@ -361,8 +361,8 @@ def speculative(model_name: str, repeats: int, cfg_text: float = 3.0) -> dict:
     gen = VideoGenerator.from_pretrained(model_name)
     caption = "a red circle bouncing to the right on a black background"
     out = {"clip_seconds": {}, "draft_order": {}}
-    variants = {"plain": (0, "off"), "speculative": (SPECULATIVE, "auto"),  # the default order
-                "coordinates first": (SPECULATIVE, "fallback"), "jacobi first": (SPECULATIVE, "first")}
+    variants = {"plain": (0, "off"), "speculative": (SPECULATIVE, "first"),  # the default order
+                "coordinates first": (SPECULATIVE, "fallback")}
     for temperature in (0.0, 1.0):
         for name, (draft, jacobi) in variants.items():
             key = f"{name} T={temperature:g}"

@@ -152,14 +152,21 @@ def sample_logits(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
-    """One id per row from logits (B,V): temperature 0 is argmax; top-k, then top-p (nucleus)."""
+    """One id per row from logits (B,V): temperature 0 is argmax; top-k, then top-p (nucleus).
+    The draw is Gumbel-max in its exponential form, argmax(p / noise) with noise ~ Exp(1) shaped
+    like logits (default: drawn from `generator`): the same noise picks the same id from the same
+    distribution, which is what lets speculative decoding reproduce plain sampling (`Noise`)."""
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
         raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got "
                          f"{temperature}, {top_k}, {top_p}")
     if temperature == 0:
         return logits.argmax(-1)
-    return draw(filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p), generator)
+    probs = filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(-1)
 
 
 def filtered_probs(logits: Tensor, *, temperature: float, top_k: int | None = None,
@@ -177,11 +184,27 @@ def filtered_probs(logits: Tensor, *, temperature: float, top_k: int | None = No
     return logits.softmax(-1)
 
 
-def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One index per row of probs (B,V)."""
-    # Gumbel-max in its exponential form: argmax(p / q), q ~ Exp(1), seeded by `generator`.
-    q = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / q).argmax(-1)
+class Noise:
+    """The sampling noise of every position to generate: Exp(1) of shape (batch, vocab) per
+    position, drawn from `generator` in fixed blocks of positions, in order, so position j gets
+    the same noise however the positions are visited (plain decoding one at a time, speculative
+    passes several at once). Blocks wholly before the positions asked for are dropped: positions
+    are visited in order."""
+
+    def __init__(self, generator: torch.Generator | None, shape: tuple[int, int], device, block: int = 64):
+        self.generator, self.shape, self.device, self.block = generator, shape, device, block
+        self.blocks: dict[int, Tensor] = {}
+
+    def __getitem__(self, where: slice) -> Tensor:
+        """Noise of positions where.start .. where.stop - 1: (n, batch, vocab)."""
+        first, last = where.start // self.block, (where.stop - 1) // self.block
+        for b in range(max(self.blocks, default=-1) + 1, last + 1):
+            self.blocks[b] = torch.empty(self.block, *self.shape, device=self.device).exponential_(
+                1.0, generator=self.generator)
+        for b in [b for b in self.blocks if b < first]:
+            del self.blocks[b]
+        rows = torch.cat([self.blocks[b] for b in range(first, last + 1)])
+        return rows[where.start - first * self.block : where.stop - first * self.block]
 
 
 def _restrict(logits: Tensor, legal: tuple[int, int] | None) -> Tensor:
@@ -239,7 +262,7 @@ def stream(
     period: int = 1,
     cache=None,
     draft: int = 0,
-    jacobi: str = "auto",
+    jacobi: str = "first",
     stats: dict | None = None,
 ) -> Iterator[Tensor]:
     """Yield the new ids (B,) one position at a time, as they are sampled.
@@ -260,21 +283,20 @@ def stream(
       prompt rows (times the CFG variants); the prompt is appended after what it already holds.
     draft: speculative decoding with up to `draft` proposed tokens per forward pass (one prompt
       only; 0 = off). Drafts come from coordinates (`draft_sources`) and are verified in one
-      pass: draft d is kept with probability p(d) under the final (guided, filtered)
-      distribution p, and on rejection the token is drawn from p without d, renormalised, so
-      the tokens follow exactly the distribution of plain sampling (at temperature 0: the
-      same tokens as plain greedy decoding). Rejected positions leave the KV cache.
-    jacobi: where the model's own guesses serve as drafts (Jacobi iteration: the most likely
-      token at each position past a rejection, from the pass that rejected): "fallback" where
-      coordinates give no draft, "first" before the coordinates' draft, "off" never; "auto"
-      (default): "first" at temperature 0, "fallback" otherwise, the faster order at each in
-      `vidlm bench lm --model shapes-demo` (see the README's results).
+      pass. Every position samples with its own noise (`Noise`: Gumbel-max, argmax(p / noise)),
+      drawn in the same order whatever the path, so a draft is kept exactly when it is the token
+      plain decoding samples there: the tokens are plain decoding's, at every temperature, for
+      the same generator seed (and their distribution plain sampling's). Rejected positions
+      leave the KV cache.
+    jacobi: where the model's own guesses serve as drafts (Jacobi iteration: the token each
+      position past a rejection sampled, with its own noise, in the pass that rejected):
+      "first" (default) before the coordinates' draft, "fallback" where coordinates give no
+      draft, "off" never. "first" is the faster order at temperature 0 and 1 alike in `vidlm
+      bench lm --model shapes-demo` (its draft_order; see the README's results).
     stats: a dict to count into: forwards, and per draft kind proposed / accepted.
     """
-    if jacobi not in ("auto", "fallback", "first", "off"):
-        raise ValueError(f"jacobi must be 'auto', 'fallback', 'first' or 'off', got {jacobi!r}")
-    if jacobi == "auto":
-        jacobi = "first" if temperature <= 0 else "fallback"
+    if jacobi not in ("first", "fallback", "off"):
+        raise ValueError(f"jacobi must be 'first', 'fallback' or 'off', got {jacobi!r}")
     prompts = _as_list(prompt)
     groups = cfg_groups(prompts, cfg)
     weights = [w for w, _ in groups]
@@ -304,16 +326,20 @@ def stream(
     if n == 0:
         return
     row_doc = torch.zeros(len(rows), dtype=torch.long, device=device)
+    noise = None  # Noise of the guided logits' shape, made at the first position
 
-    def pick(logits: Tensor) -> Tensor:  # (R,V) -> (B,) ids
+    def pick(logits: Tensor, i: int) -> Tensor:  # (R,V) -> (B,) ids at generated position i
+        nonlocal noise
         guided = _combine(_restrict(logits, legal), weights, batch)
+        if noise is None and temperature > 0:
+            noise = Noise(generator, tuple(guided.shape), device)
         token = sample_logits(guided, temperature=temperature, top_k=top_k, top_p=top_p,
-                              generator=generator)
+                              noise=None if noise is None else noise[i : i + 1][0])
         return token + (legal[0] if legal is not None else 0)
 
     if not use_cache:
         for i in range(n):
-            token = pick(model(ids, coords, doc_ids=doc_ids, last_only=True)[:, -1])
+            token = pick(model(ids, coords, doc_ids=doc_ids, last_only=True)[:, -1], i)
             yield token
             ids = torch.cat([ids, token.repeat(len(groups))[:, None]], 1)
             coords = torch.cat([coords, gen[:, i : i + 1]], 1)
@@ -322,13 +348,13 @@ def stream(
 
     if cache is None:
         cache = allocate_cache(model, len(rows), min(window or prompt_len + n, prompt_len + n))
-    token = pick(prefill(model, ids, coords, cache, doc_ids))
+    token = pick(prefill(model, ids, coords, cache, doc_ids), 0)
     sink = cache.length  # the prompt (after whatever the cache held before it)
     yield token
     if draft > 0 and batch == 1:
         options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         yield from _speculate(model, prompts[0], token, gen, cache, n, draft=draft, legal=legal, weights=weights,
-                              options=options, generator=generator, window=window, keep=keep, period=period,
+                              options=options, noise=noise, window=window, keep=keep, period=period,
                               sink=sink, stats=stats, jacobi=jacobi)
         return
     pos = torch.full((1,), cache.length, dtype=torch.long, device=device)  # advanced on the device
@@ -338,11 +364,11 @@ def stream(
             pos.fill_(cache.length)
         logits = decode(model, token.repeat(len(groups))[:, None], gen[:, i - 1 : i], cache, pos)[:, -1]
         pos += 1
-        token = pick(logits)
+        token = pick(logits, i)
         yield token
 
 
-def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, options, generator, window, keep,
+def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, options, noise, window, keep,
                period, sink, stats, jacobi) -> Iterator[Tensor]:
     """stream's decode loop with drafts (one prompt; its CFG variants are the cache's rows):
     each forward pass appends the last sampled token and up to `draft` drafts, keeps the
@@ -358,19 +384,32 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         counts.setdefault(name, dict.fromkeys(DRAFT_KINDS, 0))
     counts.setdefault("forwards", 0)
     # Drafts per pass: +2 after a pass that kept them all, -1 after one that did not; none while
-    # fewer than one in four are kept (a pass with drafts costs more than a plain step), but a
-    # probe of one draft every 8th pass to notice when the model turns sure again.
+    # a draft is kept less than one time in five where the drafts before it were (a pass with
+    # drafts costs more than a plain step), but a probe of one draft every 8th pass to notice
+    # when the model turns sure again.
     length, rate, passes = draft, 1.0, 0
+    # When sampling, a coordinate draft is not its source's token but what the source's
+    # distribution samples with this position's noise: where the distribution repeats (a
+    # background), so does the sample, however unsure the model is. dist holds the distribution
+    # of every generated position (after its pass), stored marks the filled ones.
+    sampling, dist, stored = options["temperature"] > 0, None, torch.zeros(n, dtype=torch.bool)
     while i < n:
         passes += 1
-        if rate < 0.25:
+        if rate < 0.2:
             length = 1 if passes % 8 == 0 else 0
         if window is not None and cache.length >= window:  # slide exactly where plain decoding does
             cache.keep_last(keep + (i - 1) % period, sink)
         room = (window if window is not None else cache.max_len) - cache.length - 1
-        drafts, names = [], []
-        for j in range(i, i + max(0, min(length, n - 1 - i, room))):
-            coord = (timeline[source[j]] if source[j] >= 0 else -1, DRAFT_KINDS[kind[j]])
+        drafts, names, span = [], [], max(0, min(length, n - 1 - i, room))
+        coupled = [-1] * span
+        if dist is not None and span:
+            src = (source[i : i + span] - base).clamp(min=0)
+            ok = ((source[i : i + span] >= base) & stored[src]).to(dist.device)
+            picks = (dist[src.to(dist.device)] / noise[i : i + span][:, 0]).argmax(-1) + lo
+            coupled = torch.where(ok, picks, -1).tolist()
+        for j in range(i, i + span):
+            value = coupled[j - i] if coupled[j - i] >= 0 else timeline[source[j]] if source[j] >= 0 else -1
+            coord = (value, DRAFT_KINDS[kind[j]])
             offers = {"fallback": (coord, (guess[j], "jacobi")), "first": ((guess[j], "jacobi"), coord),
                       "off": (coord,)}[jacobi]
             value, name = next(((v, k) for v, k in offers if v >= 0), (-1, ""))
@@ -385,32 +424,31 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         logits = decode(model, block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache, pos)
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
         counts["forwards"] += 1
-        out, new = [], None
-        probs = filtered_probs(guided, **options) if options["temperature"] > 0 else None
-        for j, (d, name) in enumerate(zip(drafts, names)):
+        # Each row's token as plain decoding would sample it there (same noise), given the drafts
+        # before it: a draft is kept if it is that token, so the tokens are plain decoding's.
+        if sampling:
+            probs = filtered_probs(guided, **options)
+            picked = (probs / noise[i : i + len(block)][:, 0]).argmax(-1)
+        else:
+            picked = guided.argmax(-1)
+        picked, out = picked.tolist(), []
+        for d, name, p in zip(drafts, names, picked):
             counts["proposed"][name] += 1
-            if probs is None:
-                best = int(guided[j].argmax())
-                if best != d - lo:
-                    new = best
-                    break
-            elif float(torch.rand((), generator=generator, device=probs.device)) >= float(probs[j, d - lo]):
-                residual = probs[j].clone()
-                residual[d - lo] = 0.0  # p without the draft, renormalised (draw does not need the sum)
-                new = int(draw(residual[None], generator)[0])
+            if p != d - lo:
                 break
             counts["accepted"][name] += 1
             out.append(d)
-        if new is None:  # every draft kept: one more token from the pass's last position
-            last = guided[len(drafts)][None]
-            new = int(last.argmax(-1)[0] if probs is None else draw(probs[len(drafts)][None], generator)[0])
-        out.append(new + lo)
-        # rows past the rejection guessed the positions after it (all < n), from a prefix with one
-        # wrong token
-        for j, value in enumerate(guided[len(out) : len(drafts) + 1].argmax(-1).tolist(), start=i + len(out)):
+        out.append(picked[len(out)] + lo)
+        if sampling:
+            dist = probs.new_zeros(n, probs.shape[-1]) if dist is None else dist
+            dist[i : i + len(out)], stored[i : i + len(out)] = probs[: len(out)], True
+        # rows past the first rejection sampled the positions after it from a prefix with one
+        # wrong token: the Jacobi guesses of the next pass
+        for j, value in enumerate(picked[len(out) :], start=i + len(out)):
             guess[j] = value + lo
         if drafts:
-            rate = 0.8 * rate + 0.2 * (len(out) - 1) / len(drafts)
+            kept = len(out) - 1
+            rate = 0.9 * rate + 0.1 * kept / (kept + (kept < len(drafts)))
         length = min(draft, length + 2) if len(out) > len(drafts) else max(1, length - 1)
         cache.truncate(start + len(out))  # the last sampled token, and the kept drafts
         for j, value in enumerate(out):

@@ -217,7 +217,7 @@ class VideoGenerator:
 
     def _sample(self, task: str, grid, text, known, *, seed=0, temperature=1.0, top_k=None,
                 top_p=None, cfg_text=1.0, cfg_visual=1.0, progress=False, window=None, keep=None,
-                period=1, prompt=None, speculative=SPECULATIVE, jacobi="auto") -> tuple[Tensor, Tensor]:
+                period=1, prompt=None, speculative=SPECULATIVE, jacobi="first") -> tuple[Tensor, Tensor]:
         """Sample the codes a task leaves open: (gen_coords (N,3), codes (N,)). The sampling
         statistics (forward passes, drafts proposed / accepted per kind) go to `self.stats`."""
         cond, no_text, bare = self._prompts(task, grid, text, known)
