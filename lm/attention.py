@@ -18,8 +18,9 @@ Backends
 - "flash": flash-attn 2 (`pip install vidlm[gpu]`), fp16/bf16 on CUDA only:
   `flash_attn_varlen_func` for full rows (each maximal run of one doc id is a sequence,
   cu_seqlens from the doc ids; documents must be contiguous within a row, as packing makes
-  them), `flash_attn_func` for causal rows or single-document decode steps. A decode step
-  over a cache that holds padding or several documents falls back to SDPA (flash's kv-cache
+  them), `flash_attn_func` without doc ids (causal, bottom-right aligned: VideoLM passes none
+  for queries over a one-document cache, so no layer checks the cache on the host). Queries
+  over a cache that holds padding or several documents fall back to SDPA (flash's kv-cache
   kernel has no document mask).
 `resolve_backend("auto", x)` picks flash where it can run, else SDPA. A model runs
 `layer_plan(q_doc, k_doc, backend)` once per forward and passes it to every layer's
@@ -149,10 +150,7 @@ def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor |
         out = flash_attn_varlen_func(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), r.cu, r.cu, r.longest,
                                      r.longest, causal=True)
         return out.view(b, lq, *out.shape[1:])
-    single = bool(((k_doc == q_doc[:, :1]) & (k_doc >= 0)).all() and (q_doc == q_doc[:, :1]).all())
-    if single:  # one document, no padding: plain causal over the cache
-        return flash_attn_func(q, k, v, causal=True)
-    return sdpa(q, k, v, q_doc, k_doc)
+    return sdpa(q, k, v, q_doc, k_doc)  # queries over a cache with padding or several documents
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None = None, k_doc: Tensor | None = None,

@@ -224,6 +224,8 @@ class VideoLM(nn.Module):
         if coords.shape != (b, n, 3):
             raise ValueError(f"coords must be (B,L,3) = {(b, n, 3)} for ids {tuple(ids.shape)}, got {tuple(coords.shape)}")
         q_doc = k_doc = doc_ids
+        x = self.tok_emb(ids)  # (B,L,dim)
+        backend = resolve_backend(self.cfg.attn_backend, x)
         if cache is not None:
             s = cache.length
             if s + n > cache.max_len:
@@ -232,13 +234,14 @@ class VideoLM(nn.Module):
             if doc_ids is not None and cache.uniform:  # a host sync, but only where docs are given
                 cache.uniform = not bool(doc_ids.ne(0).any())
             q_doc, k_doc = cache.doc[:, s : s + n], cache.doc[:, : s + n]  # (B,L), (B,S)
-            if (s == 0 or n == 1) and cache.uniform:
-                q_doc = k_doc = None  # one document, no padding: plain causal, no mask to build
+            if cache.uniform and (s == 0 or n == 1 or backend == "flash"):
+                # one document, no padding: plain causal, no mask to build (flash's causal mask is
+                # bottom-right aligned, so any block of queries; SDPA's offset mask for a block
+                # comes from the doc ids, built once by layer_plan)
+                q_doc = k_doc = None
         elif n > self.cfg.max_seq_len:
             raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")
         cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
-        x = self.tok_emb(ids)  # (B,L,dim)
-        backend = resolve_backend(self.cfg.attn_backend, x)
         docs = (q_doc, k_doc, layer_plan(q_doc, k_doc, backend), backend)  # once, all layers
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):

@@ -204,10 +204,13 @@ def test_flash_matches_sdpa():
         a = attention(q, k, v, qd, kd, backend="flash").float()
         b = attention(q, k, v, qd, kd, backend="sdpa").float()
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
-    # a decode step over a single-document cache
-    a = attention(q[:, -1:], k, v, doc[1:2].expand(2, 1)[:, :1].clone() * 0, torch.zeros_like(doc), backend="flash")
-    b = attention(q[:, -1:], k, v, torch.zeros(2, 1, dtype=torch.long, device=dev), torch.zeros_like(doc), backend="sdpa")
-    torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    # a decode step and a block of queries over a one-document cache: no doc ids for flash (what
+    # VideoLM passes there), the doc ids' mask for SDPA
+    for lq in (1, 3):
+        a = attention(q[:, -lq:], k, v, backend="flash")
+        zeros = torch.zeros(2, 64, dtype=torch.long, device=dev)
+        b = attention(q[:, -lq:], k, v, zeros[:, -lq:], zeros, backend="sdpa")
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
     # the whole model, bf16 on GPU: flash vs sdpa
     cfg = LMConfig.from_name("debug", vocab_size=V, attn_backend="flash")
     m = VideoLM(cfg).to(dev, dt)
@@ -218,6 +221,37 @@ def test_flash_matches_sdpa():
     for layer in m.layers:
         layer.attn.cfg = m.cfg
     torch.testing.assert_close(lf, m(ids, coords, doc_ids=doc), atol=5e-2, rtol=5e-2)
+
+
+@torch.no_grad()
+def test_flash_gets_doc_ids_only_where_the_cache_needs_them(model, monkeypatch):
+    """Over a one-document cache every block of queries reaches flash with no doc ids (plain
+    causal, no check of the cache in each layer); over a padded cache, with them (flash then
+    falls back to SDPA). A stand-in flash (SDPA under the same rule) must give SDPA's logits."""
+    from vidlm.lm import attention as attn
+    from vidlm.lm import model as lm_model
+
+    got = []
+
+    def fake_flash(q, k, v, q_doc, k_doc, plan=None):
+        got.append(q_doc is None)
+        return attn.sdpa(q, k, v, q_doc, k_doc, None if q_doc is None else plan)
+
+    ids, coords = rand_seq(2, 16, seed=8)
+    padded = torch.zeros(2, 10, dtype=torch.long)
+    padded[1, :2] = -1
+    for doc, want in ((None, True), (padded, False)):
+        ref_cache, cache = KVCache.allocate(model.cfg, 2, 24), KVCache.allocate(model.cfg, 2, 24)
+        model(ids[:, :10], coords[:, :10], cache=ref_cache, doc_ids=doc)
+        ref = model(ids[:, 10:13], coords[:, 10:13], cache=ref_cache)  # a speculative-sized block
+        with monkeypatch.context() as m:
+            m.setattr(lm_model, "resolve_backend", lambda backend, x: "flash")
+            m.setattr(attn, "flash", fake_flash)
+            model(ids[:, :10], coords[:, :10], cache=cache, doc_ids=doc)
+            got.clear()
+            out = model(ids[:, 10:13], coords[:, 10:13], cache=cache)
+        assert got == [want] * model.cfg.n_layers
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
