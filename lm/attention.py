@@ -88,13 +88,14 @@ def document_runs(doc: Tensor) -> Runs:
 
 def layer_plan(q_doc: Tensor | None, k_doc: Tensor | None, backend: str) -> Tensor | Runs | None:
     """What a caller running many layers computes once for `attention(..., plan=)`: the document
-    runs of full rows with doc ids, block_mask for SDPA queries over a cache (fewer queries than
-    keys), None where neither is needed (no doc ids; flash over a cache decides per call)."""
+    runs of full rows with doc ids, block_mask for queries over a cache with doc ids (fewer
+    queries than keys; SDPA under that mask, whatever the backend: flash has no document mask
+    there), None without doc ids."""
     if q_doc is None:
         return None
     if q_doc.shape[1] == k_doc.shape[1]:
         return document_runs(q_doc)
-    return block_mask(q_doc, k_doc) if backend == "sdpa" else None
+    return block_mask(q_doc, k_doc)
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,

@@ -226,21 +226,21 @@ def test_flash_matches_sdpa():
 @torch.no_grad()
 def test_flash_gets_doc_ids_only_where_the_cache_needs_them(model, monkeypatch):
     """Over a one-document cache every block of queries reaches flash with no doc ids (plain
-    causal, no check of the cache in each layer); over a padded cache, with them (flash then
-    falls back to SDPA). A stand-in flash (SDPA under the same rule) must give SDPA's logits."""
+    causal, no check of the cache in each layer); over a padded cache, none reaches it (SDPA
+    under the block mask built once). A stand-in flash (SDPA, causal) must give SDPA's logits."""
     from vidlm.lm import attention as attn
     from vidlm.lm import model as lm_model
 
     got = []
 
     def fake_flash(q, k, v, q_doc, k_doc, plan=None):
-        got.append(q_doc is None)
-        return attn.sdpa(q, k, v, q_doc, k_doc, None if q_doc is None else plan)
+        got.append(q_doc)
+        return attn.sdpa(q, k, v, q_doc, k_doc, plan)
 
     ids, coords = rand_seq(2, 16, seed=8)
     padded = torch.zeros(2, 10, dtype=torch.long)
     padded[1, :2] = -1
-    for doc, want in ((None, True), (padded, False)):
+    for doc, calls in ((None, model.cfg.n_layers), (padded, 0)):
         ref_cache, cache = KVCache.allocate(model.cfg, 2, 24), KVCache.allocate(model.cfg, 2, 24)
         model(ids[:, :10], coords[:, :10], cache=ref_cache, doc_ids=doc)
         ref = model(ids[:, 10:13], coords[:, 10:13], cache=ref_cache)  # a speculative-sized block
@@ -250,7 +250,7 @@ def test_flash_gets_doc_ids_only_where_the_cache_needs_them(model, monkeypatch):
             model(ids[:, :10], coords[:, :10], cache=cache, doc_ids=doc)
             got.clear()
             out = model(ids[:, 10:13], coords[:, 10:13], cache=cache)
-        assert got == [want] * model.cfg.n_layers
+        assert got == [None] * calls
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
