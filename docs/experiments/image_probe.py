@@ -8,6 +8,12 @@ the reconstructions. One JSON line per run goes to OUT/image.jsonl (docs/experim
 
     python docs/experiments/image_probe.py --name fsq --quant fsq --minutes 7 --out exp
     python docs/experiments/image_probe.py --name d16 --quant none --model '{"latent_dim": 16}'
+    python docs/experiments/image_probe.py --name patch --arch patch --width 128 --depth 1
+
+--arch patch swaps the preset's strided convolutions for a patch codec of the same cell size:
+each 8x8-pixel cell's 192 values go in as channels (pixel unshuffle), through 1x1 and 3x3
+convolutions at the cell grid to the latent, and back out through a 1x1 convolution to the
+cell's 192 values (pixel shuffle), so every output pixel is a linear read of its cell's feature.
 """
 import argparse
 import json
@@ -15,7 +21,9 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from probe_common import object_weights, parse, report, training_clips
+from torch import nn
 from vidlm.tokenizer.config import TokenizerConfig
 from vidlm.tokenizer.model import VideoTokenizer
 
@@ -29,9 +37,45 @@ p.add_argument("--quant", choices=("fsq", "none"), default="fsq")
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--obj", type=float, default=0.0, help="extra weight of object pixels (dilated by one)")
 p.add_argument("--edge", type=float, default=0.0, help="extra weight of the object's boundary pixels")
+p.add_argument("--arch", choices=("preset", "patch"), default="preset")
+p.add_argument("--width", type=int, default=128, help="--arch patch: channels at the cell grid")
+p.add_argument("--depth", type=int, default=1, help="--arch patch: residual blocks on each side")
 a = parse(p, batch=32)
 frames = training_clips(a.out, a.clips).flatten(0, 1)  # (N*T,H,W,3) uint8
 m = VideoTokenizer(TokenizerConfig.from_name("demo", **json.loads(a.model)))
+
+
+class Res(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1),
+                                  nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Patch(nn.Module):
+    """encode: (B,3,1,H,W) -> (B,latent,1,H/f,W/f), pixel unshuffle first; decode: the reverse,
+    pixel shuffle last. Convolutions at the cell grid in between."""
+
+    def __init__(self, f, width, depth, cin, cout, encode):
+        super().__init__()
+        self.f, self.encode = f, encode
+        self.net = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1), *[Res(width) for _ in range(depth)],
+                                 nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, cout, 1))
+
+    def forward(self, x):
+        x = x[:, :, 0]
+        if self.encode:
+            return self.net(F.pixel_unshuffle(x, self.f))[:, :, None]
+        return F.pixel_shuffle(self.net(x), self.f)[:, :, None]
+
+
+if a.arch == "patch":
+    cfg = TokenizerConfig.from_name("demo", **json.loads(a.model))
+    f, d = cfg.spatial_factor, cfg.latent_dim
+    m.encoder, m.decoder = Patch(f, a.width, a.depth, 3 * f * f, d, True), Patch(f, a.width, a.depth, d, 3 * f * f, False)
 
 
 def reconstruct(x: torch.Tensor) -> torch.Tensor:
