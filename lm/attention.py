@@ -23,7 +23,7 @@ Backends
   over a cache that holds padding or several documents fall back to SDPA (flash's kv-cache
   kernel has no document mask).
 `resolve_backend("auto", x)` picks flash where it can run, else SDPA. A model runs
-`layer_plan(q_doc, k_doc, backend)` once per forward and passes it to every layer's
+`layer_plan(q_doc, k_doc)` once per forward and passes it to every layer's
 `attention(..., plan=)`: the block mask, or the document runs of full rows (one host read per
 forward, not per layer). tests/test_lm_model.py
 checks that the backends agree (GPU-marked) and pins the SDPA path on CPU.
@@ -86,7 +86,7 @@ def document_runs(doc: Tensor) -> Runs:
     return Runs(cu, max(e - s for s, e in pairwise(bounds)), bounds, flat[starts].tolist())
 
 
-def layer_plan(q_doc: Tensor | None, k_doc: Tensor | None, backend: str) -> Tensor | Runs | None:
+def layer_plan(q_doc: Tensor | None, k_doc: Tensor | None) -> Tensor | Runs | None:
     """What a caller running many layers computes once for `attention(..., plan=)`: the document
     runs of full rows with doc ids, block_mask for queries over a cache with doc ids (fewer
     queries than keys; SDPA under that mask, whatever the backend: flash has no document mask
@@ -157,7 +157,7 @@ def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor |
 def attention(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None = None, k_doc: Tensor | None = None,
               *, backend: str = "sdpa", plan: Tensor | Runs | None = None) -> Tensor:
     """q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D), doc ids (B,Lq)/(B,Lk) or None -> (B,Lq,Hq,D).
-    `plan`: layer_plan(q_doc, k_doc, backend), when the caller computes it once for all layers,
+    `plan`: layer_plan(q_doc, k_doc), when the caller computes it once for all layers,
     or, with no doc ids, any boolean mask broadcastable to (B,1,Lq,Lk) (SDPA)."""
     if (q_doc is None) != (k_doc is None):
         raise ValueError("pass both q_doc and k_doc, or neither")

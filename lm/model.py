@@ -242,7 +242,7 @@ class VideoLM(nn.Module):
         elif n > self.cfg.max_seq_len:
             raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")
         cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
-        docs = (q_doc, k_doc, layer_plan(q_doc, k_doc, backend), backend)  # once, all layers
+        docs = (q_doc, k_doc, layer_plan(q_doc, k_doc), backend)  # once, all layers
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if ckpt:

@@ -166,6 +166,12 @@ def sample_logits(
     probs = filtered_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     if noise is None:
         noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return gumbel_max(probs, noise)
+
+
+def gumbel_max(probs: Tensor, noise: Tensor) -> Tensor:
+    """The sampling rule everywhere: argmax(p / noise), noise ~ Exp(1) (Gumbel-max in its
+    exponential form), so the same noise picks the same id from the same distribution."""
     return (probs / noise).argmax(-1)
 
 
@@ -203,7 +209,8 @@ class Noise:
                 1.0, generator=self.generator)
         for b in [b for b in self.blocks if b < first]:
             del self.blocks[b]
-        rows = torch.cat([self.blocks[b] for b in range(first, last + 1)])
+        blocks = [self.blocks[b] for b in range(first, last + 1)]
+        rows = blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # one block: a view, no copy
         return rows[where.start - first * self.block : where.stop - first * self.block]
 
 
@@ -405,7 +412,7 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         if dist is not None and span:
             src = (source[i : i + span] - base).clamp(min=0)
             ok = ((source[i : i + span] >= base) & stored[src]).to(dist.device)
-            picks = (dist[src.to(dist.device)] / noise[i : i + span][:, 0]).argmax(-1) + lo
+            picks = gumbel_max(dist[src.to(dist.device)], noise[i : i + span][:, 0]) + lo
             coupled = torch.where(ok, picks, -1).tolist()
         for j in range(i, i + span):
             value = coupled[j - i] if coupled[j - i] >= 0 else timeline[source[j]] if source[j] >= 0 else -1
@@ -428,7 +435,7 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         # before it: a draft is kept if it is that token, so the tokens are plain decoding's.
         if sampling:
             probs = filtered_probs(guided, **options)
-            picked = (probs / noise[i : i + len(block)][:, 0]).argmax(-1)
+            picked = gumbel_max(probs, noise[i : i + len(block)][:, 0])
         else:
             picked = guided.argmax(-1)
         picked, out = picked.tolist(), []

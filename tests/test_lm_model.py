@@ -169,7 +169,7 @@ def test_sdpa_mask_matches_manual_attention():
     k_doc = torch.tensor([[-1, -1, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1, 1]])
     q_doc = k_doc[:, -5:]
     ref = manual_attention(q, k, v, q_doc, k_doc)
-    for plan in (None, layer_plan(q_doc, k_doc, "sdpa")):  # built per call, or once for all layers
+    for plan in (None, layer_plan(q_doc, k_doc)):  # built per call, or once for all layers
         torch.testing.assert_close(attention(q, k, v, q_doc, k_doc, backend="sdpa", plan=plan), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -179,7 +179,7 @@ def test_full_rows_attend_per_document_as_the_mask_says():
     g = torch.Generator().manual_seed(1)
     doc = torch.tensor([[0] * 5 + [1] * 3 + [2] + [-1] * 3, [-1] * 2 + [0] * 10, [0] * 12])
     q, k, v = (torch.randn(3, 12, h, 8, generator=g, requires_grad=True) for h in (4, 2, 2))
-    runs = layer_plan(doc, doc, "sdpa")  # what a model finds once for all its layers
+    runs = layer_plan(doc, doc)  # what a model finds once for all its layers
     assert runs.bounds == [0, 5, 8, 9, 12, 14, 24, 36] and runs.ids == [0, 1, 2, -1, -1, 0, 0] and runs.longest == 12
     ref = manual_attention(q, k, v, doc, doc)
     torch.testing.assert_close(attention(q, k, v, doc, doc, backend="sdpa", plan=runs), ref, atol=1e-5, rtol=1e-5)

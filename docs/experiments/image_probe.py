@@ -73,8 +73,7 @@ class Patch(nn.Module):
 
 
 if a.arch == "patch":
-    cfg = TokenizerConfig.from_name("demo", **json.loads(a.model))
-    f, d = cfg.spatial_factor, cfg.latent_dim
+    f, d = m.cfg.spatial_factor, m.cfg.latent_dim
     m.encoder, m.decoder = Patch(f, a.width, a.depth, 3 * f * f, d, True), Patch(f, a.width, a.depth, d, 3 * f * f, False)
 
 
