@@ -139,6 +139,10 @@ class DataConfig:
     """Probability, independent of the text's, of dropping the known segments (visual guidance)."""
     val_clips: int = 32
     """Clips held out for validation (the last ones by key)."""
+    pack_window: int = 64
+    """Sequences drawn together and put in an order that packs rows tightly (first-fit
+    decreasing: long sequences first, short ones into their rows' room); 1 packs them in the
+    order drawn, which leaves a row's end empty whenever the next sequence is too long for it."""
 
     def __post_init__(self):
         bad = sorted(set(self.tasks) - set(TASKS))
@@ -147,6 +151,8 @@ class DataConfig:
         for name in ("p_drop_text", "p_drop_known"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"data.{name} must be in [0, 1]")
+        if self.pack_window < 1:
+            raise ValueError(f"data.pack_window must be at least 1 (1: pack in draw order), got {self.pack_window}")
 
 
 @dataclass(frozen=True, kw_only=True)

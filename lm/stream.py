@@ -1,10 +1,12 @@
 """The LM's training data: token shards -> task sequences -> packed micro batches.
 
-The sequence stream is a pure function of (seed, rank, n): sequence n of a rank takes clip
+The sequence stream is a pure function of (seed, rank, n). Draw m of a rank takes clip
 perm_epoch[rank + world * i] (a permutation per epoch), draws its task from `data.tasks`, the
 lengths of its known segments, and whether text / known segments are dropped, all from a
-generator seeded by (seed, rank, n). The run's data position is one integer per rank (the
-next sequence), so resuming from `latest` reproduces the uninterrupted run's losses exactly.
+generator seeded by (seed, rank, m). Draws come in windows of `data.pack_window`, each put in
+the order that packs its rows tightly (`pack_order`), and sequence n is the n-th in those
+orders. The run's data position is one integer per rank (the next sequence), so resuming from
+`latest` reproduces the uninterrupted run's losses exactly.
 Grid sizes come from each clip's own codes (its bucket): one model sees every size and duration.
 Validation: the last `data.val_clips` clips (held out from training), every task, no drops.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from vidlm.lm.config import DataConfig, TrainConfig
 from vidlm.lm.tasks import TASKS, draw_task, render_train
-from vidlm.lm.tokendata import Rows, TokenClip, TokenStore, pack
+from vidlm.lm.tokendata import Rows, TokenClip, TokenStore, pack, pack_order
 from vidlm.lm.vocab import Vocab
 
 from vidlm import runtime as rt
@@ -46,6 +48,7 @@ class TaskStream:
         self.names = list(cfg.tasks)
         self.weights = torch.tensor([cfg.tasks[t] for t in self.names], dtype=torch.float64)
         self._perms: dict[int, torch.Tensor] = {}
+        self._window: tuple[int, list] = (-1, [])
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
@@ -54,7 +57,16 @@ class TaskStream:
         return self._perms[epoch]
 
     def __call__(self, n: int):
-        """(Sequence, task index in TASKS)."""
+        """(Sequence, task index in TASKS) at position n of the packing order."""
+        k, j = divmod(n, self.cfg.pack_window)
+        if self._window[0] != k:
+            drawn = [self.draw(m) for m in range(k * self.cfg.pack_window, (k + 1) * self.cfg.pack_window)]
+            order = pack_order([len(seq.ids) for seq, _ in drawn], self.row_len)
+            self._window = (k, [drawn[i] for i in order])
+        return self._window[1][j]
+
+    def draw(self, n: int):
+        """Draw n: (Sequence, task index in TASKS)."""
         epoch, i = divmod(n, self.per_rank)
         clip = self.clips[int(self._perm(epoch)[self.rank + self.world * i])]
         g = torch.Generator().manual_seed(rt.derive_seed(self.seed, self.rank, n, "lm-task"))

@@ -280,6 +280,23 @@ class Rows:
         return len(self.used) - 1, start
 
 
+def pack_order(lengths: list[int], row_len: int) -> list[int]:
+    """Indices of sequences of these lengths in an order that `Rows` packs tightly: the rows of
+    first-fit decreasing, listed row by row. Greedy packing in this order makes exactly those rows
+    (the sequence that opened a row fit in no earlier row when it was placed, so it fits in none
+    of them finished), so a trainer's one-integer data cursor still says where it is."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = next((r for r, left in enumerate(room) if lengths[i] <= left), len(rows))
+        if r == len(rows):
+            rows.append([])
+            room.append(row_len)
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return [i for row in rows for i in row]
+
+
 def pack(sequences, row_len: int, pad_id: int = 0, rows: int | None = None):
     """Sequences (objects with ids (L,), coords (L,3), loss_mask (L,)) -> rows
     {"ids" (R,row_len), "coords" (R,row_len,3), "loss_mask" (R,row_len), "doc_ids" (R,row_len),

@@ -81,6 +81,32 @@ def test_pack_rows_and_doc_ids():
         pack(seqs, 6)
 
 
+def test_pack_order_makes_first_fit_decreasing_rows_under_greedy_packing():
+    from vidlm.lm.tokendata import Rows, pack_order
+
+    def greedy_rows(lengths, row_len):
+        rows = Rows(row_len)
+        return len({rows.place(n)[0] for n in lengths})
+
+    # a mix like the every-frame recipes': long clips that leave a row less room than an image needs
+    lengths = [4380 if i % 3 == 0 else 275 for i in range(64)]
+    order = pack_order(lengths, 4608)
+    assert sorted(order) == list(range(64))
+    assert greedy_rows(lengths, 4608) == 43 and greedy_rows([lengths[i] for i in order], 4608) == 25  # 22 + 3
+    # the greedy rows in this order are first-fit decreasing's: each row's opener fits no row before it
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 100, (200,), generator=g).tolist()
+    placed, rows = [], Rows(100)
+    for i in pack_order(lengths, 100):
+        placed.append(rows.place(lengths[i]))
+    used = rows.used
+    assert all(used[r] <= 100 for r in range(len(used)))
+    assert len(used) <= greedy_rows(lengths, 100)
+    for i, (r, start) in zip(pack_order(lengths, 100), placed):
+        if start == 0:  # opened row r: no earlier row had room for it in first-fit decreasing order
+            assert all(100 - used[q] < lengths[i] for q in range(r))
+
+
 def test_token_clip_round_trip():
     from vidlm.lm.tokendata import decode_clip, encode_clip
 
