@@ -129,7 +129,7 @@ def test_stream_windows_reorder_draws_into_tighter_rows(tokens):
         window = range(16 * k, 16 * (k + 1))
         assert sorted(ids(packed(n)[0]) for n in window) == sorted(ids(packed.draw(n)[0]) for n in window)
     padding = {}
-    for name, stream in (("packed", packed), ("drawn", lambda n: packed.draw(n))):
+    for name, stream in (("packed", packed), ("drawn", packed.draw)):
         cursor, real = 0, 0
         for _ in range(12):
             batch, cursor = micro_batch(stream, cursor, 1, 128)
