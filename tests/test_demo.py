@@ -81,6 +81,38 @@ def test_derived_config_applies_overrides(tmp_path):
     assert yaml.safe_load(out.read_text()) == {"steps": 3, "optim": {"lr": 0.5, "betas": [0.9, 0.99]}}
 
 
+def test_fit_minutes_sizes_the_schedule_to_the_machine(tmp_path, monkeypatch):
+    """A fitted stage times a short run of its config, trains the steps that fill its minutes,
+    and keeps that schedule when it is resumed; `demo.call` is faked with a trainer whose steps
+    take 0.5 s."""
+    calls = []
+
+    def fake_call(module, argv):
+        calls.append(module)
+        config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text())
+        run_dir = Path(argv[argv.index("--run") + 1])
+        run_dir.mkdir(parents=True)
+        rows = [{"step": s, "time": 100 + 0.5 * s + (9.0 if s == config["steps"] else 0), "loss": 1.0}
+                for s in range(5, config["steps"] + 1, config["log_every"])]  # the last step validates
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    monkeypatch.setattr(demo, "call", fake_call)
+    cfg = demo.DemoConfig(tokenizer_recipe="recipes/tokenizer/debug.yaml", lm_recipe="recipes/lm/debug.yaml",
+                          fit_minutes={"lm": 2.0})
+    run = demo.Run(tmp_path, cfg, None)
+    path = demo.stage_config(run, "lm", cfg.lm_recipe, {"warmup": 5}, ["--data", "x"])
+    fitted = yaml.safe_load(path.read_text())
+    assert calls == ["vidlm.lm.cli"] and fitted["steps"] == int(0.9 * 2.0 * 60 / 0.5) and fitted["warmup"] == 5
+    assert "# fitted to 2.0 minutes: 0.500 s a step" in path.read_text()
+    assert sorted(p.name for p in (tmp_path / "configs").iterdir()) == ["lm.yaml"]  # the timing run is gone
+    assert not (tmp_path / "runs" / "lm-timing").exists()
+    assert demo.stage_config(run, "lm", cfg.lm_recipe, {"warmup": 5}, ["--data", "x"]) == path and len(calls) == 1
+    plain = demo.stage_config(run, "tokenizer", cfg.tokenizer_recipe, {"steps": 7}, ["--data", "x"])
+    assert yaml.safe_load(plain.read_text())["steps"] == 7 and len(calls) == 1  # not fitted: the recipe's steps
+    with pytest.raises(ValueError, match="fit_minutes"):
+        demo.DemoConfig(fit_minutes={"gallery": 1.0})
+
+
 # ----------------------------------------------------------------------------- gallery
 class FakeGenerator:
     """Answers every task with a recognisable video: frame t is gray level t / T."""

@@ -3,6 +3,7 @@ the non-finite guard, DeepSpeed config checks, EMA and the run logger."""
 
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,9 @@ def test_deepspeed_config(tmp_path):
         assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"],
                 cfg["train_batch_size"], cfg["gradient_clipping"]) == (4, 2, 24, 1.0)
         assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
-    assert rt.deepspeed_config(None, precision="bf16", **kw)["bf16"]["enabled"] is True
+    with warnings.catch_warnings():  # bf16 warns on a CPU without it (test_precision_auto)
+        warnings.simplefilter("ignore")
+        assert rt.deepspeed_config(None, precision="bf16", **kw)["bf16"]["enabled"] is True
     refused = {
         "train_batch_size": {"train_batch_size": 32},
         "set micro_batch_size": {"train_micro_batch_size_per_gpu": 2},
@@ -147,6 +150,20 @@ def test_deepspeed_config(tmp_path):
         for path, precision in ((fp16, "fp16"), (None, "fp16")):
             with pytest.raises(ValueError, match="fp16 is not supported by DeepSpeed on CPU"):
                 rt.deepspeed_config(path, precision=precision, **kw)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto(monkeypatch, native):
+    """"auto" trains in bf16 only where the hardware has it; an explicit bf16 without it warns."""
+    monkeypatch.setattr(rt, "native_bf16", lambda: native)
+    kw = {"micro_batch_size": 1, "grad_accum": 1, "grad_clip": 1.0, "world_size": 1}
+    assert rt.deepspeed_config(None, precision="auto", **kw)["bf16"]["enabled"] is native
+    assert rt.resolve_precision("fp32") == "fp32"
+    if native:
+        assert rt.resolve_precision("bf16") == "bf16"
+    else:
+        with pytest.warns(UserWarning, match="emulates bf16"):
+            assert rt.resolve_precision("bf16") == "bf16"
 
 
 def test_add_launcher_args():

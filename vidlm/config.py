@@ -213,8 +213,9 @@ class RunConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Gradient clipping (0 = off)."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """fp32 on CPU (bf16 where the CPU has AMX or AVX512-BF16), bf16 on GPUs."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    """"auto": bf16 where the hardware has it (GPUs; CPUs with AMX or AVX512-BF16), else fp32
+    (`vidlm.runtime.resolve_precision`)."""
     seed: int = 0
     """Seed of the weights and of the data stream."""
     log_every: int = 10

@@ -39,6 +39,7 @@ def recipe_file(name: str) -> Path:
         return RECIPES.joinpath(*path.parts[1:])
     return path
 STAGES = ("data", "text", "tokenizer", "tokens", "lm", "gallery")
+FITTED = ("tokenizer", "lm")  # the stages whose steps `fit_minutes` may fit to the machine
 
 EXAMPLES = """\
 examples:
@@ -80,6 +81,11 @@ class DemoConfig:
     """LM run config (relative to the repo)."""
     lm_overrides: dict[str, Any] = field(default_factory=dict)
     """Keys of the LM recipe replaced for the demo."""
+    fit_minutes: dict[str, float] = field(default_factory=dict)
+    """Stage ("tokenizer", "lm") -> the minutes its training may take on this machine: the stage
+    first times a few steps of its config, then trains for the `steps` that fit (`fit_steps`),
+    so the demo keeps its time on a slow CPU and trains longer on a fast one. A stage not named
+    trains its recipe's `steps`."""
     known_frames: int = 5
     """Frames given to extend / connect (1 + time_factor*k)."""
     long_seconds: float = 4.0
@@ -94,6 +100,8 @@ class DemoConfig:
     def __post_init__(self):
         if len(self.size) != 2 or min(self.size) <= 0:
             raise ValueError(f"size must be [width, height], got {list(self.size)}")
+        if bad := {k: v for k, v in self.fit_minutes.items() if k not in FITTED or not v > 0}:
+            raise ValueError(f"fit_minutes: {bad}; give minutes > 0 for stages among {list(FITTED)}")
         if not 1 <= self.known_frames < self.frames:
             raise ValueError(f"known_frames must be in [1, frames), got {self.known_frames} of {self.frames}")
 
@@ -155,6 +163,54 @@ def derive_config(recipe: str, overrides: dict[str, Any], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# derived by `vidlm demo` from {recipe}\n" + yaml.safe_dump(derived(recipe, overrides), sort_keys=False))
     return out
+
+
+TIMING_STEPS = 75
+"""Steps of a stage's timing run; the seconds a step are read from its 5th to its 70th (its
+first and last steps validate). The LM's first steps of each window of `data.pack_window`
+sequences hold its longest ones, so a shorter timing overestimates a step (0.76 s over steps
+5-25 against 0.56 s over a whole run of the demo LM on an AVX2 CPU)."""
+
+
+def fit_steps(run: Run, stage: str, config: Path, train: list[str]) -> Path:
+    """Fit the stage's `steps` in `config` to `fit_minutes[stage]`: time TIMING_STEPS steps of
+    the same config (its threads, precision and data) in a scratch run folder, then write the
+    steps that fill the minutes, warm-up and validation included (10 % is left for them and for
+    the checkpoints). The timed seconds and the steps are recorded in the config's header. The
+    fitted config is kept: a resumed stage trains the schedule it started with."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    timing = dict(data, steps=TIMING_STEPS, warmup=min(data.get("warmup", 0), TIMING_STEPS), log_every=5,
+                  val_every=10**9, ckpt_every=10**9, max_minutes=None)
+    scratch = run.out / "runs" / f"{stage}-timing"
+    shutil.rmtree(scratch, ignore_errors=True)
+    timing_cfg = run.configs / f"{stage}-timing.yaml"
+    timing_cfg.write_text(yaml.safe_dump(timing, sort_keys=False))
+    call(f"vidlm.{stage}.cli", ["train", "--config", str(timing_cfg), *train, "--run", str(scratch)])
+    rows = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if 5 <= r["step"] < TIMING_STEPS]  # the first and last steps validate
+    per_step = (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["step"] - rows[0]["step"])
+    minutes = run.cfg.fit_minutes[stage]
+    steps = max(2 * data.get("warmup", 0), 10, int(0.9 * minutes * 60 / per_step))
+    shutil.rmtree(scratch)
+    timing_cfg.unlink()
+    data["steps"] = steps
+    config.write_text(f"{config.read_text().splitlines()[0]}\n# fitted to {minutes} minutes: {per_step:.3f} s "
+                      f"a step over steps {rows[0]['step']}-{rows[-1]['step']} of a timing run -> {steps} steps\n"
+                      + yaml.safe_dump(data, sort_keys=False))
+    print(f"  {stage}: {per_step:.3f} s a step on this machine -> {steps} steps in {minutes} minutes", flush=True)
+    return config
+
+
+def stage_config(run: Run, stage: str, recipe: str, overrides: dict[str, Any], train: list[str]) -> Path:
+    """OUT/configs/STAGE.yaml: the recipe with the demo's overrides, its steps fitted to the
+    machine where `fit_minutes` names the stage."""
+    config = run.configs / f"{stage}.yaml"
+    if stage in run.cfg.fit_minutes and config.is_file() and "# fitted" in config.read_text():
+        return config  # a resumed stage keeps its schedule
+    derive_config(recipe, overrides, config)
+    return fit_steps(run, stage, config, train) if stage in run.cfg.fit_minutes else config
 
 
 def time_factor(cfg: DemoConfig) -> int:
@@ -236,9 +292,9 @@ def stage_tokenizer(run: Run) -> dict:
     c = run.cfg
     if c.tokenizer_from:
         return copy_part(run, "tokenizer")
-    runs = run.out / "runs" / "tokenizer"
-    cfg = derive_config(c.tokenizer_recipe, c.tokenizer_overrides, run.configs / "tokenizer.yaml")
-    call("vidlm.tokenizer.cli", ["train", "--config", str(cfg), "--data", str(run.shards), "--run", str(runs)])
+    runs, data = run.out / "runs" / "tokenizer", ["--data", str(run.shards)]
+    cfg = stage_config(run, "tokenizer", c.tokenizer_recipe, c.tokenizer_overrides, data)
+    call("vidlm.tokenizer.cli", ["train", "--config", str(cfg), *data, "--run", str(runs)])
     call("vidlm.tokenizer.cli", ["export", "--run", str(runs), "--out", str(run.model / "tokenizer")])
     return {}
 
@@ -260,10 +316,9 @@ def stage_tokens(run: Run) -> dict:
 
 def stage_lm(run: Run) -> dict:
     c = run.cfg
-    runs = run.out / "runs" / "lm"
-    cfg = derive_config(c.lm_recipe, c.lm_overrides, run.configs / "lm.yaml")
-    call("vidlm.lm.cli", ["train", "--config", str(cfg), "--data", str(run.out / "data" / "tokens"),
-                          "--run", str(runs)])
+    runs, data = run.out / "runs" / "lm", ["--data", str(run.out / "data" / "tokens")]
+    cfg = stage_config(run, "lm", c.lm_recipe, c.lm_overrides, data)
+    call("vidlm.lm.cli", ["train", "--config", str(cfg), *data, "--run", str(runs)])
     call("vidlm.lm.cli", ["export", "--run", str(runs), "--out", str(run.model / "lm")])
     return {}
 

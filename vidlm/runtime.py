@@ -25,6 +25,7 @@ import os
 import random
 import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,29 @@ _OWNED_KEYS = {
     "optimizer": "the trainer builds a torch optimizer from the run config",
     "scheduler": "the trainer builds the LR schedule from the run config",
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 in hardware: a CUDA GPU with bf16, or a CPU with AMX or
+    AVX512-BF16. Elsewhere torch emulates it: on an AVX2-only CPU the demo tokenizer's bf16 step
+    is ~50x slower than its fp32 step and the demo LM's ~14x (docs/experiments.md)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def resolve_precision(precision: str) -> str:
+    """A run config's precision as trained: "auto" is bf16 where `native_bf16()`, else fp32; an
+    explicit bf16 on a machine without it is kept, with a warning."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision == "bf16" and not native_bf16():
+        warnings.warn("precision bf16 on a CPU without AMX or AVX512-BF16: torch emulates bf16 there, "
+                      "tens of times slower than fp32; set precision: auto (or fp32)", stacklevel=2)
+    return precision
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -226,11 +249,10 @@ def deepspeed_config(path: str | os.PathLike | None, *, micro_batch_size: int, g
 
     `path=None` means ZeRO stage 0. The JSON may not set batch sizes, clipping, optimizer or
     scheduler (they come from the run config); bf16/fp16 `enabled` follow `precision`
-    ("fp32" | "bf16" | "fp16"); fp16 is refused on CPU (DeepSpeed supports it on GPU only).
+    (`resolve_precision`: "auto" | "fp32" | "bf16" | "fp16"); fp16 is refused on CPU (DeepSpeed supports it on GPU only).
     """
     where = str(path) if path is not None else "(default ZeRO-0 config)"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    precision = resolve_precision(precision)
     for name, value in (("micro_batch_size", micro_batch_size), ("grad_accum", grad_accum),
                         ("world_size", world_size)):
         if int(value) != value or value < 1:
