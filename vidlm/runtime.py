@@ -64,8 +64,9 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     if precision == "bf16" and not native_bf16():
-        warnings.warn("precision bf16 on a CPU without AMX or AVX512-BF16: torch emulates bf16 there, "
-                      "tens of times slower than fp32; set precision: auto (or fp32)", stacklevel=2)
+        warnings.warn("precision bf16 where the hardware lacks it (a CPU without AMX or AVX512-BF16, or a GPU "
+                      "without bf16): torch emulates it, on a CPU tens of times slower than fp32; set "
+                      "precision: auto (or fp32)", stacklevel=2)
     return precision
 
 
