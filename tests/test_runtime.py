@@ -162,7 +162,7 @@ def test_precision_auto(monkeypatch, native):
     if native:
         assert rt.resolve_precision("bf16") == "bf16"
     else:
-        with pytest.warns(UserWarning, match="emulates bf16"):
+        with pytest.warns(UserWarning, match="torch emulates it"):
             assert rt.resolve_precision("bf16") == "bf16"
 
 
