@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
 def child_env(**extra) -> dict:
     """The environment of a run started as a user starts it: this venv's python first on PATH,
     and none of this process's distributed variables (once a test has called init_distributed,
-    MASTER_PORT names the port of this process's live TCPStore: a child would find it taken)."""
+    they describe this process's group, not the child's)."""
     import os
     import sys
 

@@ -2,6 +2,7 @@
 the non-finite guard, DeepSpeed config checks, EMA and the run logger."""
 
 import json
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ def test_init_distributed_single_process(dist):
     assert dist.device == torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     assert torch.distributed.get_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
     assert rt.init_distributed() == dist  # idempotent
+    assert "MASTER_PORT" not in os.environ  # no port: two runs started together once raced for one
     if not torch.cuda.is_available():  # the shm comm op was never built
         from deepspeed.comm import comm
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import socket
 import sys
 import warnings
 from dataclasses import dataclass
@@ -87,12 +86,6 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _skip_cpu_shm_comm_op() -> None:
     """Keep DeepSpeed from JIT-building its shared-memory comm op on CPU.
 
@@ -113,9 +106,10 @@ def _skip_cpu_shm_comm_op() -> None:
 def init_distributed(local_rank: int | None = None) -> Dist:
     """Join (or create) the process group; idempotent.
 
-    Works as one plain process (fills RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR and a free
-    MASTER_PORT so DeepSpeed does not look for MPI), under `torchrun`, and under the `deepspeed`
-    launcher (pass its `--local_rank`; LOCAL_RANK from the environment is used otherwise).
+    Works as one plain process (RANK/WORLD_SIZE/LOCAL_RANK filled in, and an in-memory store
+    instead of a TCP port: two runs started together on one machine once raced for the same free
+    port), under `torchrun`, and under the `deepspeed` launcher (pass its `--local_rank`;
+    LOCAL_RANK from the environment is used otherwise).
     """
     import logging
     import warnings
@@ -130,15 +124,13 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
+    if missing and world > 1:
         raise RuntimeError(
             f"init_distributed: environment sets RANK/WORLD_SIZE but not {missing}; launch with "
             "torchrun or the deepspeed launcher, or unset RANK and WORLD_SIZE for one process"
         )
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.setdefault("LOCAL_RANK", "0"))
 
     if torch.cuda.is_available():
@@ -149,6 +141,8 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         _skip_cpu_shm_comm_op()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if not torch.distributed.is_initialized():
+        if world == 1 and "MASTER_PORT" not in os.environ:  # one process: no rendezvous, no port
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return Dist(rank=rank, world_size=world, local_rank=local, device=device)
 
