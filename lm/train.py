@@ -162,7 +162,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     entropy = unigram_entropy(train_clips, vocab.code_size)
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     logger = rt.RunLogger(run, cfg.steps, dist, start_step=step, desc="lm", postfix_keys=("loss", "val/loss", "tokens_per_s"))
-    logger.info(f"lm: {lm_cfg.num_params() / 1e6:.1f}M params in {rt.resolve_precision(cfg.precision)}, {len(train_clips)} train / {len(val_clips)} val clips, "
+    logger.info(f"lm: {lm_cfg.num_params() / 1e6:.1f}M params in {'bf16' if engine.bfloat16_enabled() else 'fp16' if engine.fp16_enabled() else 'fp32'}, {len(train_clips)} train / {len(val_clips)} val clips, "
                 f"rows {cfg.micro_batch_size}x{cfg.row_len}, unigram entropy of the codes {entropy:.3f} nats; "
                 f"this rank holds {held / lm_cfg.num_params():.0%} of the parameters")
     peak = peak_flops(cfg)
