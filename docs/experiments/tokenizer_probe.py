@@ -23,6 +23,7 @@ from vidlm.tokenizer.metrics import psnr_per_frame
 from vidlm.tokenizer.model import VideoTokenizer
 
 from vidlm.evaluate import heldout_clips, majority, observe
+from vidlm.runtime import native_bf16
 
 p = argparse.ArgumentParser()
 p.add_argument("--name", required=True)
@@ -43,7 +44,8 @@ data = training_clips(a.out, a.clips, a.mp4)  # N,T,H,W,3
 # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
 model = VideoTokenizer.from_pretrained(a.init) if a.init else VideoTokenizer(TokenizerConfig.from_name(a.preset, **json.loads(a.model)))
 cfg = model.cfg
-bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+# bf16 autocast where the CPU computes bf16 (AMX / AVX512-BF16); an AVX2-only CPU emulates it, ~50x slower
+bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16())
 nparam = sum(p.numel() for p in model.parameters())
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99))
 losses = TokenizerLosses(LossConfig(l1_weight=1, l2_weight=1, gan_weight=0, hard_weight=a.hard))
