@@ -124,13 +124,14 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"))
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing and world > 1:
+    rendezvous = ("MASTER_ADDR", "MASTER_PORT") if os.environ.get("WORLD_SIZE", "1") != "1" else ()
+    missing = [k for k in ("RANK", "WORLD_SIZE", *rendezvous) if k not in os.environ]
+    if missing:
         raise RuntimeError(
             f"init_distributed: environment sets RANK/WORLD_SIZE but not {missing}; launch with "
             "torchrun or the deepspeed launcher, or unset RANK and WORLD_SIZE for one process"
         )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.setdefault("LOCAL_RANK", "0"))
 
     if torch.cuda.is_available():
