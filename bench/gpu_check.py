@@ -1,11 +1,13 @@
 """The in-process parts of bench/gpu_check.sh: flash-attn against SDPA, the S preset's decode
 tokens/s against the memory-bandwidth bound (eager, and through the compiled static step), and
 its training MFU. One line per check,
-"name: result"; any failure raises (a non-zero exit). --cpu: the same code on the CPU in fp32
+"name: result"; a check that raises is a "name: FAILED: ..." line (its traceback on stderr), the
+others still run, and the exit status is 1. --cpu: the same code on the CPU in fp32
 with a small preset, skipping what needs CUDA (flash, bf16, MFU against a GPU's peak)."""
 
 import argparse
 import time
+import traceback
 
 import torch
 from vidlm.lm.config import LMConfig
@@ -29,8 +31,10 @@ def seconds(fn, device, repeats: int = 3) -> float:
 
 
 def flash_vs_sdpa(device) -> str:
-    from vidlm.lm.attention import attention
+    from vidlm.lm.attention import attention, flash_available
 
+    if not flash_available():
+        raise RuntimeError("flash-attn is not installed here (pip install 'vidlm[gpu]')")
     g = torch.Generator(device).manual_seed(0)
     q = torch.randn(2, 256, 8, 64, device=device, dtype=torch.bfloat16, generator=g)
     k = torch.randn(2, 256, 4, 64, device=device, dtype=torch.bfloat16, generator=g)
@@ -78,7 +82,7 @@ def decode_compiled(model, device) -> str:
         first = time.perf_counter() - t0
     agree = float((eager == compiled).float().mean())
     if agree < 0.95:  # bf16 may flip a near-tie; more is a broken step
-        raise SystemExit(f"compiled decode disagrees with eager on {1 - agree:.0%} of greedy tokens")
+        raise AssertionError(f"compiled decode disagrees with eager on {1 - agree:.0%} of greedy tokens")
     tps = new / seconds(lambda: generate(model, prompt, temperature=0), device, repeats=2)
     return f"{tps:.0f} tokens/s after a {first:.0f} s first call; greedy tokens as eager: {agree:.0%}"
 
@@ -116,14 +120,24 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.cpu else "cuda")
     dtype = torch.float32 if args.cpu else torch.bfloat16
     preset = args.preset or ("debug" if args.cpu else "S")
+    failed = []
+
+    def check(name, fn):
+        try:
+            print(f"{name}: {fn()}", flush=True)
+        except Exception as e:  # noqa: BLE001 - every check runs; each failure is its own row
+            traceback.print_exc()
+            print(f"{name}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            failed.append(name)
+
     if not args.cpu:
-        print(f"flash vs SDPA: {flash_vs_sdpa(device)}")
-    model = VideoLM(LMConfig.from_name(preset)).to(device).eval()
-    print(f"decode {preset} ({'fp32' if args.cpu else 'bf16 weights'}): {decode(model.to(dtype), device)}")
-    print(f"decode {preset} compiled: {decode_compiled(model, device)}")
+        check("flash vs SDPA", lambda: flash_vs_sdpa(device))
+    model = VideoLM(LMConfig.from_name(preset)).to(device, dtype).eval()
+    check(f"decode {preset} ({'fp32' if args.cpu else 'bf16 weights'})", lambda: decode(model, device))
+    check(f"decode {preset} compiled", lambda: decode_compiled(model, device))
     model = VideoLM(LMConfig.from_name(preset)).to(device).train()
-    print(f"training step {preset} ({'fp32' if args.cpu else 'bf16 autocast'}): {mfu(model, device, dtype)}")
-    return 0
+    check(f"training step {preset} ({'fp32' if args.cpu else 'bf16 autocast'})", lambda: mfu(model, device, dtype))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

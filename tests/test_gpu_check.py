@@ -25,6 +25,17 @@ def test_gpu_check_plumbing_on_the_cpu(tmp_path):
         assert row in table, table
 
 
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_and_fails_loudly(tmp_path):
+    """A part that fails (here both stages: two ranks and no deepspeed launcher) is a FAILED row
+    with its log's tail on stderr; the parts after it still run; the exit status is 1."""
+    r = run_check(tmp_path, GPU_CHECK_CPU="1", OMP_NUM_THREADS="1", NPROC="2", DEEPSPEED="false")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| tokenizer | FAILED" in r.stdout and "| lm | FAILED" in r.stdout, r.stdout
+    assert "| training step debug (fp32) |" in r.stdout and "| training step debug (fp32) | FAILED" not in r.stdout
+    assert "part 'tokenizer' failed" in r.stderr and "gpu_check: FAILED: tokenizer lm" in r.stderr, r.stderr
+
+
 @pytest.mark.gpu
 def test_gpu_check(tmp_path):
     r = run_check(tmp_path)
