@@ -95,6 +95,7 @@ def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str |
 
     ds = rt.deepspeed_config(deepspeed_json, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                              grad_clip=cfg.grad_clip, precision=cfg.precision, world_size=dist.world_size)
+    rt.set_deterministic(cfg.deterministic)
     rt.seed_all(cfg.seed)  # the same initial weights on every rank
     with rt.partitioned_init(ds):  # ZeRO-3: each rank only ever holds its partition
         model = VideoLM(lm_cfg)

@@ -32,6 +32,7 @@ MICRO, ACCUM = 4, 2
 
 def build(stage: int, dist: rt.Dist, seed: int = 0, precision: str = "fp32"):
     """Fresh engines for `stage` (same weights on every rank); EMA only where params are whole."""
+    rt.set_deterministic(True)  # CUDA: bitwise-equal losses after a resume need it
     rt.seed_all(seed)
     gen = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.GELU(),
                               torch.nn.Linear(16, 8))
@@ -53,7 +54,7 @@ def train_step(engines: dict, ema, step: int, rank: int) -> list[float]:
     for micro in range(ACCUM):
         g = torch.Generator().manual_seed(1000 * step + 10 * micro + rank)  # the data stream
         x = torch.randn(MICRO, 8, generator=g)
-        x = x.to(engines["gen"].module[0].weight.dtype)  # bf16 engines hold bf16 weights
+        x = x.to(engines["gen"].module[0].weight)  # the engine's device; bf16 engines hold bf16 weights
         x = x + 0.05 * torch.randn_like(x) + 0.1 * float(np.random.rand()) + 0.1 * random.random()
         fake = engines["gen"](x)
         loss_g = F.mse_loss(fake.float(), x.flip(-1).float())

@@ -42,7 +42,7 @@ def test_g_step_changes_only_g_and_d_step_only_d(dist, shards):
     engines = tt.build_engines(cfg, dist, None)
     losses = tt.TokenizerLosses(cfg.loss, log=lambda *_: None)
     guard = rt.NonFiniteGuard(2)
-    x = torch.rand(2, 3, 9, 32, 32) * 2 - 1
+    x = (torch.rand(2, 3, 9, 32, 32) * 2 - 1).to(dist.device)
 
     def snap(name):
         return {n: p.detach().clone() for n, p in engines[name].module.named_parameters()}
@@ -79,7 +79,7 @@ def losses_of(run_dir, first_step=1):
 
 def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
     base = debug_cfg()
-    cfg = debug_cfg(steps=16, log_every=1, val_every=8, ckpt_every=8,
+    cfg = debug_cfg(steps=16, log_every=1, val_every=8, ckpt_every=8, deterministic=True,
                     loss=LossConfig(disc_start=6, gan_weight=0.1, l2_weight=1.0),
                     data=dataclasses.replace(base.data, image_every=3, image_batch_size=5))
     straight = tmp_path / "straight"

@@ -36,6 +36,7 @@ ENGINES = ("generator", "discriminator")
 
 
 def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None):
+    rt.set_deterministic(cfg.deterministic)
     rt.seed_all(cfg.seed)  # identical initial weights on every rank
     gen = VideoTokenizer(cfg.tokenizer_config())
     disc = PatchDiscriminator3D(cfg.disc, gen.cfg.in_channels)

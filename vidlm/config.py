@@ -218,6 +218,9 @@ class RunConfig:
     (`vidlm.runtime.resolve_precision`)."""
     seed: int = 0
     """Seed of the weights and of the data stream."""
+    deterministic: bool = False
+    """CUDA: deterministic kernels (`vidlm.runtime.set_deterministic`), so a resumed GPU run
+    repeats the straight run's losses bitwise, as a CPU run always does; costs some speed."""
     log_every: int = 10
     """Steps between scalar logs."""
     val_every: int = 100

@@ -221,6 +221,19 @@ def seed_all(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
+def set_deterministic(on: bool) -> None:
+    """`deterministic: true` in a run config, on CUDA: cuDNN without autotuning, deterministic
+    algorithms (an op that has none raises), cuBLAS with a fixed workspace. Off (the default),
+    atomics in some CUDA backward kernels (the tokenizer's conv3d) vary the last bits from run to
+    run. CPU kernels are deterministic already: nothing to change there."""
+    if not on or not torch.cuda.is_available():
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
+
+
 def finish(dist: Dist) -> None:
     """End the job: barrier, flush, and with >1 rank `os._exit(0)`.
 
