@@ -302,11 +302,12 @@ class VideoLM(nn.Module):
         speculative passes have, makes it dynamic in that length); a graph break is an error.
         mode "auto": "reduce-overhead" (CUDA graphs: one launch per step) on CUDA, "default"
         elsewhere. On an H200 the S preset decoded 122 tokens/s eager, 309 compiled "default",
-        1156 "reduce-overhead" (bench/gpu_check.py). Under CUDA graphs a step's output is
-        overwritten by the next step: `sample.decode` clones it."""
+        1156 "reduce-overhead" (bench/gpu_check.py). Under CUDA graphs the next replay
+        overwrites a step's output buffer, so that step returns a copy of its logits."""
         if mode == "auto":
             mode = "reduce-overhead" if next(self.parameters()).is_cuda else "default"
-        self.step = torch.compile(self.step, backend=backend, fullgraph=True, mode=mode)
+        step = torch.compile(self.step, backend=backend, fullgraph=True, mode=mode)
+        self.step = (lambda *args: step(*args).clone()) if mode == "reduce-overhead" else step
         return self
 
     # ------------------------------------------------------------------ weights

@@ -140,7 +140,7 @@ def decode(model, ids: Tensor, coords: Tensor, cache, pos: Tensor) -> Tensor:
     maybe compiled) take it: no host sync; others a cached forward."""
     if not hasattr(model, "step"):
         return model(ids, coords, cache=cache)
-    logits = model.step(ids, coords, pos, cache).clone()  # a CUDA-graph step reuses its output buffer
+    logits = model.step(ids, coords, pos, cache)
     cache.length += ids.shape[1]
     return logits
 
