@@ -82,7 +82,6 @@ def test_max_side_stores_big_videos_downscaled(tmp_path):
     assert meta["original"] == {"width": 160, "height": 96, "file": "big.mp4"}
     assert samples["small.mp4"]["mp4"] == (tmp_path / "small.mp4").read_bytes()  # small enough: untouched
     small = read_clip(samples["big.mp4"]["mp4"], 12, name="big.mp4", dtype="uint8").float()
-    full = read_clip(tmp_path / "big.mp4", 12, dtype="uint8").float()
     ys, xs = (torch.tensor([int((i + 0.5) * n / k) for i in range(k)]) for n, k in ((38, 3), (64, 5)))
     centres = small[:, :, ys][:, :, :, xs]  # (3,12,3,5): the middle of each 32-px block, downscaled
     blocks = torch.from_numpy(big[:, ::32, ::32]).permute(3, 0, 1, 2).float()

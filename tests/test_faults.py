@@ -104,7 +104,7 @@ def test_a_skipped_micro_batch_adds_nothing_to_the_step(dist, tokens, tmp_path, 
     from vidlm.lm.train import main
 
     cfg = debug_cfg(steps=1, grad_accum=2, ckpt_every=1)
-    first, second = cursors_of(cfg, tokens, 2)
+    _, second = cursors_of(cfg, tokens, 2)
     poison(monkeypatch, {second})
     main(cfg, run_dir=str(tmp_path / "a"), data=str(tokens))
 

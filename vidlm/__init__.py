@@ -15,7 +15,7 @@ _EXPORTS = {
     "VideoGenerator": "vidlm.pipeline",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (a list, built from the lazy exports)
 
 
 def __getattr__(name):

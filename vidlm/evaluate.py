@@ -341,8 +341,8 @@ def main(argv=None) -> int:
     from vidlm.pipeline import VideoGenerator
 
     gen = VideoGenerator.from_pretrained(args.model, device=args.device)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, cfg_text=args.cfg_text,
-                    cfg_visual=args.cfg_visual)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "cfg_text": args.cfg_text,
+                "cfg_visual": args.cfg_visual}
     f = gen.time_factor
     if (args.frames - 1) % f or (args.known - 1) % f or 1 + 2 * ((args.known - 1) // f + 1) > 1 + (args.frames - 1) // f:
         raise SystemExit(f"vidlm eval world: --frames and --known must be 1+{f}k, with room for a generated "

@@ -46,8 +46,8 @@ def generate_all(gen, cfg, sources: list[tuple], *, seed: int = 0, progress: boo
     from vidlm.pipeline import seam_score
 
     k, T, size = cfg.known_frames, cfg.frames, cfg.size
-    opts = dict(seed=seed, temperature=cfg.temperature, top_k=cfg.top_k, cfg_text=cfg.cfg_text)
-    (v0, c0), (v1, c1), (v2, c2), (v3, c3), (v4, c4), (v5, c5), (v6, c6), (v7, c7), (v8, c8) = sources[:9]
+    opts = {"seed": seed, "temperature": cfg.temperature, "top_k": cfg.top_k, "cfg_text": cfg.cfg_text}
+    (v0, c0), (_, c1), (v2, c2), (v3, c3), (v4, c4), (v5, c5), (_, c6), (v7, c7), (_, c8) = sources[:9]
     edit_prompt = edited_caption(c7)
     jobs = [
         ("t2v", c0, [("a held-out clip with this caption (not given)", v0)],
