@@ -1,6 +1,8 @@
 """The in-process parts of bench/gpu_check.sh: flash-attn against SDPA, the S preset's decode
-tokens/s against the memory-bandwidth bound (eager, and through the compiled static step), and
-its training MFU. One line per check,
+tokens/s against the memory-bandwidth bound (eager, and through the compiled static step), its
+training MFU, and the shipped weights through `VideoGenerator` on the GPU (plain and speculative
+decoding, eager and compiled with CUDA graphs; at temperature 0 all four give the same codes).
+One line per check,
 "name: result"; a check that raises is a "name: FAILED: ..." line (its traceback on stderr), the
 others still run, and the exit status is 1. --cpu: the same code on the CPU in fp32
 with a small preset, skipping what needs CUDA (flash, bf16, MFU against a GPU's peak)."""
@@ -127,7 +129,7 @@ def mfu(model, device, dtype, batch: int = 4, seq: int = 2048) -> str:
         opt.zero_grad(set_to_none=True)
 
     tps = batch * seq / seconds(step, device)
-    flops = 3 * cfg.flops_per_token(seq) * tps  # forward + backward
+    flops = cfg.flops_per_token(seq) * tps  # forward + backward (6 N + attention)
     if device.type != "cuda":
         return f"{tps:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s (no GPU peak to compare with)"
     name = torch.cuda.get_device_name(device)
@@ -137,26 +139,78 @@ def mfu(model, device, dtype, batch: int = 4, seq: int = 2048) -> str:
     return f"{tps:.0f} tokens/s, MFU {flops / peak:.1%} of {name}'s {peak / 1e12:.0f} TFLOP/s bf16"
 
 
+def clip(gen, device, seed: int, **options) -> tuple[float, torch.Tensor]:
+    """Seconds and codes of one 17-frame 64x64 t2v clip (CFG 3), as `vidlm bench lm` times it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = gen.t2v("a red circle bouncing to the right on a black background", frames=17, size=(64, 64),
+                  seed=seed, cfg_text=3.0, **options)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out.codes.cpu()
+
+
+def pipeline(device, model: str = "shapes-demo", repeats: int = 2):
+    """The shipped weights through `VideoGenerator`, eager and `compile=True` (CUDA graphs on CUDA):
+    seconds per clip, plain against speculative, at temperature 0 and 1 (the median of `repeats`
+    seeds after a warm-up that pays any compile). At temperature 0 the codes of all four must be
+    the same; at temperature 1 plain and speculative must agree for the same seed (shared noise).
+    Yields one (name, result) row per mode and temperature."""
+    from vidlm.pipeline import SPECULATIVE, VideoGenerator
+
+    greedy = {}
+    for compiled in (False, True):
+        gen = VideoGenerator.from_pretrained(model, device=device, compile=compiled)
+        for temperature in (0.0, 1.0):
+            seconds, codes = {}, {}
+            for k in (0, SPECULATIVE):
+                t0 = time.perf_counter()
+                clip(gen, device, seed=0, temperature=temperature, speculative=k)  # warm-up
+                first = time.perf_counter() - t0
+                runs = [clip(gen, device, seed=1 + i, temperature=temperature, speculative=k) for i in range(repeats)]
+                seconds[k] = sorted(t for t, _ in runs)[(repeats - 1) // 2]
+                codes[k] = runs[0][1]
+                if temperature == 0:
+                    greedy[(compiled, k)] = codes[k]
+            name = f"{model} t2v, {'compiled' if compiled else 'eager'}, T={temperature:g}"
+            same = torch.equal(codes[0], codes[SPECULATIVE])
+            yield name, (f"plain {seconds[0]:.2f} s, speculative {seconds[SPECULATIVE]:.2f} s "
+                         f"(x{seconds[0] / seconds[SPECULATIVE]:.2f}; first speculative call {first:.0f} s); "
+                         f"{'the same codes' if same else 'CODES DIFFER'}")
+            if not same:
+                raise AssertionError(f"{name}: speculative codes differ from plain decoding's")
+    differ = [("compiled" if c else "eager", k) for (c, k), x in greedy.items() if not torch.equal(x, greedy[(False, 0)])]
+    yield f"{model} t2v, T=0, compiled against eager", (f"codes differ: {differ}" if differ else "the same codes")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--preset", default=None, help="LM preset (default S on a GPU, debug on the CPU)")
+    p.add_argument("--only", choices=["pipeline"], help="run only this check")
     args = p.parse_args(argv)
     device = torch.device("cpu" if args.cpu else "cuda")
     dtype = torch.float32 if args.cpu else torch.bfloat16
     preset = args.preset or ("debug" if args.cpu else "S")
     failed = []
 
-    def check(name, fn):
+    def check(name, fn):  # fn returns the result, or yields (row name, result) rows
         try:
-            print(f"{name}: {fn()}", flush=True)
+            out = fn()
+            for row, result in [(name, out)] if isinstance(out, str) else out:
+                print(f"{row}: {result}", flush=True)
         except Exception as e:  # noqa: BLE001 - every check runs; each failure is its own row
             traceback.print_exc()
             print(f"{name}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
             failed.append(name)
 
+    if args.only == "pipeline":
+        check("pipeline", lambda: pipeline(device))
+        return 1 if failed else 0
     if not args.cpu:
         check("flash vs SDPA", lambda: flash_vs_sdpa(device))
+
     def fresh():  # the same random weights each time
         torch.manual_seed(0)
         return VideoLM(LMConfig.from_name(preset)).to(device, dtype).eval()
@@ -167,6 +221,8 @@ def main(argv=None) -> int:
         check(f"decode {preset} compiled, reduce-overhead", lambda: decode_compiled(fresh(), device, "reduce-overhead"))
     model = VideoLM(LMConfig.from_name(preset)).to(device).train()
     check(f"training step {preset} ({'fp32' if args.cpu else 'bf16 autocast'})", lambda: mfu(model, device, dtype))
+    if not args.cpu:  # on the CPU the shipped weights' speculative decoding is `vidlm bench lm`'s
+        check("pipeline", lambda: pipeline(device))
     return 1 if failed else 0
 
 
