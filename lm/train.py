@@ -220,7 +220,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
 def export(run_dir, out_dir, *, step: int | None = None) -> Path:
     """RUN/latest -> out_dir/model.safetensors + config.json + vocab.json (VideoLM.from_pretrained).
     `step` exports an earlier checkpoint of the run instead (one `latest` has passed, so it is
-    complete: the compute-scaling figure evaluates a run at several points of its training).
+    complete: docs/experiments/scaling.py --run evaluates a run at several points of its training).
 
     ZeRO-1/2/3 checkpoints are consolidated to fp32 with DeepSpeed's zero_to_fp32 (which reads
     the partitioned ZeRO-3 parameters); ZeRO-0 checkpoints hold the whole module. Reads only
