@@ -32,15 +32,11 @@ from pathlib import Path
 import numpy as np
 
 
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
 def level(lm_run: Path, step: int | None = None) -> dict:
     """Training compute of `lm_run` at `step` (default its last logged step): FLOPs and minutes."""
     from vidlm.lm.config import LMConfig
 
-    from vidlm.config import from_dict
+    from vidlm.config import from_dict, read_json
 
     train, lm = read_json(lm_run / "train.json"), from_dict(LMConfig, read_json(lm_run / "lm.json"))
     rows = [json.loads(line) for line in (lm_run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -61,6 +57,13 @@ def export_at(run: Path, step: int) -> Path:
             shutil.copytree(run / "model" / part, folder / part, dirs_exist_ok=True)
         export(run / "runs" / "lm", folder / "lm", step=step)
     return folder
+
+
+def export_lm(run: Path) -> Path:
+    """RUN/exported: the last checkpoint of LM run RUN (a `--lm` level)."""
+    from vidlm.lm.train import export
+
+    return export(run, run / "exported")
 
 
 def samples_row(gen, prompt: str, head, frames: int, columns: int = 9, **opts) -> np.ndarray:
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
         p.error("give --lm RUN... or --run RUN --steps N...")
     from PIL import Image
 
+    from vidlm.config import read_json
     from vidlm.evaluate import evaluate, heldout_clips
     from vidlm.pipeline import VideoGenerator
 
@@ -159,12 +163,6 @@ def main(argv=None) -> int:
     plot(results, a.out / "scaling.png")
     print(f"wrote {a.out / 'scaling.json'}, {a.out / 'scaling.png'}, {a.out / 'samples.png'}")
     return 0
-
-
-def export_lm(run: Path) -> Path:
-    from vidlm.lm.train import export
-
-    return export(run, run / "exported")
 
 
 if __name__ == "__main__":
