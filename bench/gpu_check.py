@@ -8,10 +8,12 @@ others still run, and the exit status is 1. --cpu: the same code on the CPU in f
 with a small preset, skipping what needs CUDA (flash, bf16, MFU against a GPU's peak)."""
 
 import argparse
+import dataclasses
 import time
 import traceback
 
 import torch
+from vidlm.lm.attention import flash_available
 from vidlm.lm.config import LMConfig
 from vidlm.lm.model import VideoLM
 from vidlm.lm.sample import generate
@@ -33,7 +35,7 @@ def seconds(fn, device, repeats: int = 3) -> float:
 
 
 def flash_vs_sdpa(device) -> str:
-    from vidlm.lm.attention import attention, flash_available
+    from vidlm.lm.attention import attention
 
     if not flash_available():
         raise RuntimeError("flash-attn is not installed here (pip install 'vidlm[gpu]')")
@@ -114,21 +116,59 @@ def decode_compiled(model, device, mode: str = "default") -> str:
             f"of prefixes, max |logit diff| {diff:.3f} std")
 
 
-def mfu(model, device, dtype, batch: int = 4, seq: int = 2048) -> str:
-    cfg = model.cfg
-    seq = min(seq, cfg.max_seq_len)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+def train_tokens_per_s(model, device, dtype, batch: int, seq: int, doc_len: int | None = None) -> float:
+    """Tokens/s of training steps as `vidlm lm train` runs them (the loss at target positions,
+    fused AdamW) on random rows; with doc_len, rows packed with documents of doc_len tokens."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g).to(device)
     coords = torch.arange(seq, device=device)[None, :, None].expand(batch, seq, 3).contiguous()
     targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1)
+    doc = None if doc_len is None else (torch.arange(seq, device=device) // doc_len).expand(batch, seq)
     opt = adamw(model.parameters(), lr=1e-5)
 
-    def step():  # as `vidlm lm train` runs it: the loss at target positions, fused AdamW
+    def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            model(ids, coords, targets=targets).mean().backward()
+            model(ids, coords, doc_ids=doc, targets=targets).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    tps = batch * seq / seconds(step, device)
+    return batch * seq / seconds(step, device)
+
+
+def packed_rows(cfg: LMConfig, device, dtype, batch: int = 16, seq: int = 1280, doc_len: int = 600):
+    """The training step on packed rows (documents of a t2v clip's length) with each attention
+    backend: SDPA runs one call per document, flex one per layer, flash (if installed) its varlen
+    kernel; on a CPU SDPA alone (no FlexAttention backward there). Their gradients must agree on
+    the same weights."""
+    torch.manual_seed(0)
+    ref = VideoLM(cfg)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, cfg.vocab_size, (2, seq), generator=g).to(device)
+    coords = torch.arange(seq, device=device)[None, :, None].expand(2, seq, 3).contiguous()
+    doc = (torch.arange(seq, device=device) // doc_len).expand(2, seq)
+    base, grads = None, {}
+    backends = ["sdpa"] if device.type == "cpu" else ["sdpa", "flex"] + ["flash"] * flash_available()
+    for backend in backends:
+        model = VideoLM(dataclasses.replace(cfg, attn_backend=backend))
+        model.load_state_dict(ref.state_dict())
+        model.to(device, dtype)  # as DeepSpeed's bf16 engine holds it (flash needs bf16 activations)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            model(ids, coords, doc_ids=doc).float().square().mean().backward()
+        grads[backend] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        err = (grads[backend] - grads["sdpa"]).norm() / grads["sdpa"].norm()
+        if not err < 5e-2:
+            raise AssertionError(f"{backend}'s gradients differ from SDPA's: relative error {err:.3g}")
+        model.zero_grad(set_to_none=True)
+        tps = train_tokens_per_s(model, device, dtype, batch, seq, doc_len)
+        base = base or tps
+        result = f"{tps:.0f} tokens/s (x{tps / base:.2f} of SDPA per document), gradients within {err:.1e} of SDPA's"
+        yield f"packed rows, {backend}", result
+
+
+def mfu(model, device, dtype, batch: int = 4, seq: int = 2048) -> str:
+    cfg = model.cfg
+    seq = min(seq, cfg.max_seq_len)
+    tps = train_tokens_per_s(model, device, dtype, batch, seq)
     flops = cfg.flops_per_token(seq) * tps  # forward + backward (6 N + attention)
     if device.type != "cuda":
         return f"{tps:.0f} tokens/s, {flops / 1e9:.1f} GFLOP/s (no GPU peak to compare with)"
@@ -221,6 +261,10 @@ def main(argv=None) -> int:
         check(f"decode {preset} compiled, reduce-overhead", lambda: decode_compiled(fresh(), device, "reduce-overhead"))
     model = VideoLM(LMConfig.from_name(preset)).to(device).train()
     check(f"training step {preset} ({'fp32' if args.cpu else 'bf16 autocast'})", lambda: mfu(model, device, dtype))
+    if args.cpu:  # the plumbing: the debug preset's context is 512
+        check("packed rows", lambda: packed_rows(LMConfig.from_name(preset), device, dtype, 2, 512, 200))
+    else:  # the demo LM's rows of 1280, 16 a step (what docs/experiments/train_loop.py timed)
+        check("packed rows", lambda: packed_rows(LMConfig.from_name("demo"), device, dtype))
     if not args.cpu:  # on the CPU the shipped weights' speculative decoding is `vidlm bench lm`'s
         check("pipeline", lambda: pipeline(device))
     return 1 if failed else 0

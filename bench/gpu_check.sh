@@ -5,8 +5,10 @@
 # 2. both stages train in bf16 under ZeRO-2 on one rank (recipes/launch/1gpu.sh), stop at a
 #    checkpoint and resume to the end;
 # 3. decode tokens/s of the S preset against the memory-bandwidth bound, the S preset's
-#    training MFU, and the shipped weights through VideoGenerator: plain and speculative
-#    decoding, eager and with CUDA graphs, the same codes from all (bench/gpu_check.py);
+#    training MFU, the demo LM's step on packed rows with each attention backend (SDPA per
+#    document, FlexAttention, flash-attn; gradients agree), and the shipped weights through
+#    VideoGenerator: plain and speculative decoding, eager and with CUDA graphs, the same codes
+#    from all (bench/gpu_check.py);
 # then one table. Every part runs even when an earlier one failed (one GPU session shows every
 # fault); a part that does not work is a FAILED row, its log's tail goes to stderr, and the
 # script exits 1. Without CUDA it checks nothing and exits 3. GPU_CHECK_CPU=1 runs parts 2 and

@@ -1,4 +1,5 @@
-"""The one attention module: flash-attn on CUDA when installed, PyTorch SDPA otherwise.
+"""The one attention module: flash-attn on CUDA when installed, PyTorch SDPA otherwise, and
+FlexAttention for packed training rows where it is asked for.
 
     out = attention(q, k, v, q_doc, k_doc, backend=resolve_backend("auto", q))
     # q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D) -> out (B,Lq,Hq,D); Hq a multiple of Hkv (GQA)
@@ -22,6 +23,12 @@ Backends
   for queries over a one-document cache, so no layer checks the cache on the host). Queries
   over a cache that holds padding or several documents fall back to SDPA (flash's kv-cache
   kernel has no document mask).
+- "flex": `torch.nn.attention.flex_attention`, compiled, for full rows with doc ids (packed
+  training rows): one call a layer under a block mask built once per forward from the rule
+  above, where "sdpa" makes one call per document (cheap on a CPU, a launch each on a GPU:
+  docs/experiments.md, the H200 loan). Everything else (no doc ids, queries over a cache) is
+  SDPA's. PyTorch has no FlexAttention backward on a CPU, so on a CPU "flex" serves inference
+  only; opt in (`attn_backend: flex`) until a GPU run has measured it (bench/gpu_check.py).
 `resolve_backend("auto", x)` picks flash where it can run, else SDPA. A model runs
 `layer_plan(q_doc, k_doc)` once per forward and passes it to every layer's
 `attention(..., plan=)`: the block mask, or the document runs of full rows (one host read per
@@ -46,8 +53,8 @@ def flash_available() -> bool:
 
 def resolve_backend(backend: str, x: Tensor) -> str:
     """"auto" -> "flash" for fp16/bf16 CUDA tensors when flash-attn is installed, else "sdpa"."""
-    if backend == "sdpa":
-        return "sdpa"
+    if backend in ("sdpa", "flex"):
+        return backend
     can = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and flash_available()
     if backend == "flash" and not can:
         raise RuntimeError("attn_backend='flash' needs flash-attn installed (pip install 'vidlm[gpu]') and "
@@ -86,15 +93,26 @@ def document_runs(doc: Tensor) -> Runs:
     return Runs(cu, max(e - s for s, e in pairwise(bounds)), bounds, flat[starts].tolist())
 
 
-def layer_plan(q_doc: Tensor | None, k_doc: Tensor | None) -> Tensor | Runs | None:
+def flex_mask(doc: Tensor):
+    """FlexAttention's BlockMask of full rows (B,L) with doc ids: the rule of the module doc."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        return (doc[b, q] == doc[b, k]) & (doc[b, k] >= 0) & (k <= q) | (k == q)
+
+    b, n = doc.shape
+    return create_block_mask(mask_mod, b, None, n, n, device=doc.device)
+
+
+def layer_plan(q_doc: Tensor | None, k_doc: Tensor | None, backend: str = "sdpa"):
     """What a caller running many layers computes once for `attention(..., plan=)`: the document
-    runs of full rows with doc ids, block_mask for queries over a cache with doc ids (fewer
-    queries than keys; SDPA under that mask, whatever the backend: flash has no document mask
-    there), None without doc ids."""
+    runs of full rows with doc ids (flex: their BlockMask), block_mask for queries over a cache
+    with doc ids (fewer queries than keys; SDPA under that mask, whatever the backend: flash and
+    flex get no document mask there), None without doc ids."""
     if q_doc is None:
         return None
     if q_doc.shape[1] == k_doc.shape[1]:
-        return document_runs(q_doc)
+        return flex_mask(q_doc) if backend == "flex" else document_runs(q_doc)
     return block_mask(q_doc, k_doc)
 
 
@@ -154,13 +172,29 @@ def flash(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None, k_doc: Tensor |
     return sdpa(q, k, v, q_doc, k_doc)  # queries over a cache with padding or several documents
 
 
+_compiled_flex = None
+
+
+def flex(q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
+    """Full rows (B,L,H,D) under a flex_mask, in one compiled FlexAttention call."""
+    global _compiled_flex
+    if _compiled_flex is None:  # compiled once per process (unfused eager flex materialises the scores)
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B,H,L,D)
+    return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1]).transpose(1, 2)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, q_doc: Tensor | None = None, k_doc: Tensor | None = None,
-              *, backend: str = "sdpa", plan: Tensor | Runs | None = None) -> Tensor:
+              *, backend: str = "sdpa", plan=None) -> Tensor:
     """q (B,Lq,Hq,D), k/v (B,Lk,Hkv,D), doc ids (B,Lq)/(B,Lk) or None -> (B,Lq,Hq,D).
-    `plan`: layer_plan(q_doc, k_doc), when the caller computes it once for all layers,
+    `plan`: layer_plan(q_doc, k_doc, backend), when the caller computes it once for all layers,
     or, with no doc ids, any boolean mask broadcastable to (B,1,Lq,Lk) (SDPA)."""
     if (q_doc is None) != (k_doc is None):
         raise ValueError("pass both q_doc and k_doc, or neither")
     if backend == "flash" and not isinstance(plan, Tensor):
         return flash(q, k, v, q_doc, k_doc, plan)
+    if backend == "flex" and q_doc is not None and q.shape[1] == k.shape[1]:
+        return flex(q, k, v, plan if plan is not None else flex_mask(q_doc))
     return sdpa(q, k, v, q_doc, k_doc, plan)

@@ -54,7 +54,8 @@ class LMConfig:
     checkpointing: bool = False
     """Activation checkpointing of every block in training (less memory, ~30% more compute)."""
     attn_backend: str = "auto"
-    """"auto" (flash-attn when installed and on CUDA, else SDPA), "flash" or "sdpa"."""
+    """"auto" (flash-attn when installed and on CUDA, else SDPA), "flash", "sdpa" or "flex"
+    (FlexAttention on packed training rows; GPU training, or CPU inference: lm/attention.py)."""
 
     def __post_init__(self):
         kv = self.kv_heads
@@ -65,8 +66,8 @@ class LMConfig:
         for name in ("vocab_size", "dim", "n_layers", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.attn_backend not in ("auto", "flash", "sdpa"):
-            raise ValueError(f"attn_backend must be 'auto', 'flash' or 'sdpa', got {self.attn_backend!r}")
+        if self.attn_backend not in ("auto", "flash", "sdpa", "flex"):
+            raise ValueError(f"attn_backend must be 'auto', 'flash', 'sdpa' or 'flex', got {self.attn_backend!r}")
 
     @property
     def head_dim(self) -> int:

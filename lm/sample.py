@@ -426,9 +426,14 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             names.append(name)
             timeline[base + j] = value  # tentative: a later draft may copy it
         block = torch.tensor([int(token), *drafts], device=gen.device)
-        start = cache.length
-        pos = torch.arange(start, start + len(block), device=gen.device)
-        logits = decode(model, block.repeat(rows, 1), gen[:, i - 1 : i + len(drafts)], cache, pos)
+        start, width = cache.length, len(block)
+        if getattr(model, "pads_passes", False) and start + draft + 1 <= cache.max_len and i + draft <= n:
+            # one pass length for every pass (one CUDA graph): the last token again as padding,
+            # whose logits are dropped and whose cache slots the truncate below forgets
+            width = draft + 1
+        ids = torch.cat([block, block[-1:].expand(width - len(block))])
+        pos = torch.arange(start, start + width, device=gen.device)
+        logits = decode(model, ids.repeat(rows, 1), gen[:, i - 1 : i - 1 + width], cache, pos)[:, : len(block)]
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
         counts["forwards"] += 1
         # Each row's token as plain decoding would sample it there (same noise), given the drafts

@@ -93,6 +93,9 @@ def build_engine(cfg: TrainConfig, lm_cfg: LMConfig, dist, deepspeed_json: str |
 
     from vidlm.config import ConfigError, load_weights
 
+    if lm_cfg.attn_backend == "flex" and dist.device.type == "cpu":
+        raise ConfigError("attn_backend: flex trains on a GPU only (PyTorch has no FlexAttention backward on a "
+                          "CPU); use 'auto' or 'sdpa' here")
     ds = rt.deepspeed_config(deepspeed_json, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                              grad_clip=cfg.grad_clip, precision=cfg.precision, world_size=dist.world_size)
     rt.set_deterministic(cfg.deterministic)

@@ -21,7 +21,7 @@ def test_gpu_check_plumbing_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = r.stdout[r.stdout.index("| check | result |"):]
     for row in ("| tokenizer | trained to step 4, resumed to step 8", "| lm | trained to step 4, resumed to step 8",
-                "| decode debug", "| decode debug compiled", "| training step debug"):
+                "| decode debug", "| decode debug compiled", "| training step debug", "| packed rows, sdpa"):
         assert row in table, table
 
 

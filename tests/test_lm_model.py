@@ -191,6 +191,38 @@ def test_full_rows_attend_per_document_as_the_mask_says():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_flex_attends_as_the_mask_says():
+    """FlexAttention (one call a layer on packed rows) gives the rule's outputs, padding and GQA
+    included; and a whole model with attn_backend flex, SDPA's logits. Forward only here: PyTorch
+    has no FlexAttention backward on a CPU (test_flex_gradients_on_gpu)."""
+    g = torch.Generator().manual_seed(1)
+    doc = torch.tensor([[0] * 5 + [1] * 3 + [2] + [-1] * 3, [-1] * 2 + [0] * 10, [0] * 12])
+    q, k, v = (torch.randn(3, 12, h, 8, generator=g) for h in (4, 2, 2))
+    ref = manual_attention(q, k, v, doc, doc)
+    torch.testing.assert_close(attention(q, k, v, doc, doc, backend="flex", plan=layer_plan(doc, doc, "flex")), ref,
+                               atol=1e-5, rtol=1e-5)
+    ids, coords = rand_seq(2, 24)
+    rows = torch.tensor([[0] * 10 + [1] * 14, [0] * 20 + [-1] * 4])
+    cfg = LMConfig.from_name("debug", vocab_size=V)
+    m, f = VideoLM(cfg).eval(), VideoLM(LMConfig.from_name("debug", vocab_size=V, attn_backend="flex")).eval()
+    f.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(f(ids, coords, doc_ids=rows), m(ids, coords, doc_ids=rows), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no FlexAttention backward on a CPU)")
+def test_flex_gradients_on_gpu():
+    g = torch.Generator().manual_seed(1)
+    doc = torch.tensor([[0] * 50 + [1] * 30 + [2] + [-1] * 47, [-1] * 28 + [0] * 100]).cuda()
+    q, k, v = (torch.randn(2, 128, h, 16, generator=g).cuda().requires_grad_() for h in (4, 2, 2))
+    ref, out = manual_attention(q, k, v, doc, doc), attention(q, k, v, doc, doc, backend="flex")
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    w = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not flash_available(), reason="needs flash-attn and CUDA")
 def test_flash_matches_sdpa():

@@ -185,9 +185,11 @@ def test_exact_resume_one_rank(dist, tokens, tmp_path, stage):
 
 def test_compiled_blocks_train_like_eager(dist, tokens, tmp_path, monkeypatch):
     """compile: true compiles each block (traced here with aot_eager: no C++ build in the test)
-    and trains to the eager run's losses; with ZeRO-3 it is refused before training."""
-    from vidlm.config import ConfigError
+    and trains to the eager run's losses; with ZeRO-3 it is refused before training, as is
+    FlexAttention on a CPU (no backward there)."""
     from vidlm.lm import train
+
+    from vidlm.config import ConfigError
 
     monkeypatch.setattr(train, "COMPILE_BACKEND", "aot_eager")
     eager = train.main(debug_cfg(steps=3), run_dir=str(tmp_path / "eager"), data=str(tokens))
@@ -196,6 +198,8 @@ def test_compiled_blocks_train_like_eager(dist, tokens, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="ZeRO-3"):
         train.main(debug_cfg(steps=3, compile=True), run_dir=str(tmp_path / "z3"), data=str(tokens),
                    deepspeed=str(REPO / "recipes/deepspeed/zero3.json"))
+    with pytest.raises(ConfigError, match="flex"):
+        train.main(debug_cfg(steps=3, model={"attn_backend": "flex"}), run_dir=str(tmp_path / "flex"), data=str(tokens))
 
 
 def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):

@@ -45,6 +45,23 @@ def test_tokens_are_plain_tokens_for_every_task(debug_gen, task, temperature, ja
     assert sum(stats["accepted"].values()) < sum(stats["proposed"].values()), task  # and some rejected
 
 
+@pytest.mark.parametrize("task", ["t2v", "extend-backward", "long"])
+def test_passes_padded_to_one_length_keep_plain_tokens(debug_gen, task, monkeypatch):
+    """Under CUDA graphs (`compile_step`'s "reduce-overhead") every pass is padded to draft + 1
+    tokens, so one graph serves them all: the tokens stay plain decoding's, and every pass but
+    those too near the end of the clip (or of `long`'s window) has that one length."""
+    video = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    opts = {"temperature": 1.0, "top_k": 24, "cfg_text": 2.0, "seed": 0}
+    plain = TASKS[task](debug_gen, video, speculative=0, **opts).codes
+    lm, widths = debug_gen.lm, []
+    step = lm.step
+    monkeypatch.setattr(lm, "step", lambda ids, *rest: widths.append(ids.shape[1]) or step(ids, *rest), raising=False)
+    monkeypatch.setattr(lm, "pads_passes", True, raising=False)
+    fast = TASKS[task](debug_gen, video, speculative=8, **opts).codes
+    assert torch.equal(plain, fast), task
+    assert widths.count(9) > 0.8 * len(widths) and set(widths) <= set(range(1, 10)), widths
+
+
 def test_trained_model_keeps_most_drafts_and_needs_fewer_passes():
     gen = VideoGenerator.from_pretrained("shapes-demo")
     caption = "a red circle bouncing to the right on a black background"
@@ -109,8 +126,10 @@ def test_sampled_distribution_matches_plain_sampling(jacobi):
         assert chi2 < 24.3, (pos, a.tolist(), b.tolist())
 
 
-def test_cache_after_rejections_is_the_plain_cache():
+@pytest.mark.parametrize("pads", [False, True])
+def test_cache_after_rejections_is_the_plain_cache(pads):
     model, prompt, cfg = tiny_setup()
+    model.pads_passes = pads  # padded passes (CUDA graphs) write past the kept tokens too
     caches, tokens = [], []
     for draft in (0, 4):
         cache = allocate_cache(model, 2, 32)

@@ -4,7 +4,7 @@ MFU, this says whether the packer, the forward, the backward and optimizer, or t
 bookkeeping holds it, and the profiler's table names the ops.
 
     python docs/experiments/train_loop.py --config recipes/lm/demo.yaml --batch 32 --precision bf16 \
-        --data TOKENS --steps 30 --threads 4 [--profile]
+        --data TOKENS --steps 30 --threads 4 [--attn flex] [--profile]
 
 (the loop's schedule does not matter here: the recipe gives the model, rows and task mix).
 """
@@ -29,11 +29,14 @@ p.add_argument("--warmup", type=int, default=5)
 p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 p.add_argument("--batch", type=int, default=None, help="rows a step (default the recipe's)")
 p.add_argument("--precision", default=None, help="override the recipe's (fp32 on a CPU without bf16)")
+p.add_argument("--attn", default=None, help="the LM's attn_backend (flex: one FlexAttention call a layer on "
+               "packed rows, GPU only; default the recipe's)")
 p.add_argument("--profile", action="store_true", help="torch.profiler over 5 steps: the top ops")
 a = p.parse_args()
 
 cfg = load_yaml(TrainConfig, a.config)
-cfg = dataclasses.replace(cfg, micro_batch_size=a.batch or cfg.micro_batch_size, precision=a.precision or cfg.precision)
+cfg = dataclasses.replace(cfg, micro_batch_size=a.batch or cfg.micro_batch_size, precision=a.precision or cfg.precision,
+                          model={**cfg.model, **({"attn_backend": a.attn} if a.attn else {})})
 if a.threads:
     torch.set_num_threads(a.threads)
 dist = rt.init_distributed(None)
