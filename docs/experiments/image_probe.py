@@ -9,6 +9,10 @@ the reconstructions. One JSON line per run goes to OUT/image.jsonl (docs/experim
     python docs/experiments/image_probe.py --name fsq --quant fsq --minutes 7 --out exp
     python docs/experiments/image_probe.py --name d16 --quant none --model '{"latent_dim": 16}'
     python docs/experiments/image_probe.py --name patch --arch patch --width 128 --depth 1
+    python docs/experiments/image_probe.py --name mask --mask 1 --minutes 30
+
+--mask W adds a fourth decoder channel trained (BCE, weight W) to draw the object's mask, so the
+codes must say where its edge runs; "shape_mask" reads the shape from that drawn mask.
 
 --arch patch swaps the preset's strided convolutions for a patch codec of the same cell size:
 each 8x8-pixel cell's 192 values go in as channels (pixel unshuffle), through 1x1 and 3x3
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from probe_common import object_weights, parse, report, training_clips
 from torch import nn
+from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
 from vidlm.tokenizer.model import VideoTokenizer
 
@@ -37,12 +42,14 @@ p.add_argument("--quant", choices=("fsq", "none"), default="fsq")
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--obj", type=float, default=0.0, help="extra weight of object pixels (dilated by one)")
 p.add_argument("--edge", type=float, default=0.0, help="extra weight of the object's boundary pixels")
+p.add_argument("--mask", type=float, default=0.0, help="weight of a BCE loss on a fourth decoder channel that "
+               "draws the object's mask (its pixels at alpha >= 0.5); the encoder sees RGB only")
 p.add_argument("--arch", choices=("preset", "patch"), default="preset")
 p.add_argument("--width", type=int, default=128, help="--arch patch: channels at the cell grid")
 p.add_argument("--depth", type=int, default=1, help="--arch patch: residual blocks on each side")
 a = parse(p, batch=32)
 frames = training_clips(a.out, a.clips).flatten(0, 1)  # (N*T,H,W,3) uint8
-m = VideoTokenizer(TokenizerConfig.from_name("demo", **json.loads(a.model)))
+m = VideoTokenizer(TokenizerConfig.from_name("demo", **json.loads(a.model), **({"in_channels": 4} if a.mask else {})))
 
 
 class Res(nn.Module):
@@ -77,12 +84,26 @@ if a.arch == "patch":
     m.encoder, m.decoder = Patch(f, a.width, a.depth, 3 * f * f, d, True), Patch(f, a.width, a.depth, d, 3 * f * f, False)
 
 
-def reconstruct(x: torch.Tensor) -> torch.Tensor:
+def decode_all(x: torch.Tensor) -> torch.Tensor:
+    """(B,3,1,H,W) -> the decoder's output: RGB, and with --mask the mask's logits after it."""
+    if a.mask:  # the fourth input channel is always zero: the encoder is not shown the mask
+        x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = m.encoder(x)
         if a.quant == "fsq":
             z = m.quantizer(z)[0]
         return m.decoder(z).float()
+
+
+def reconstruct(x: torch.Tensor) -> torch.Tensor:
+    return decode_all(x)[:, :3]
+
+
+def object_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B,3,1,H,W) -> (B,1,H,W) float: the pixels at least half-way from the frame's median colour
+    to its most distant pixel (one object on a plain background: alpha >= 0.5)."""
+    d = (x - x.flatten(2).median(-1).values[..., None, None, None]).abs().amax(1)  # (B,1,H,W)
+    return (d > 0.5 * d.flatten(1).amax(1)[:, None, None, None].clamp(min=0.1)).float()
 
 
 opt = torch.optim.AdamW(m.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -93,27 +114,35 @@ while time.time() - t0 < total:
     lr = a.lr * min(1, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * (time.time() - t0) / total))
     for group in opt.param_groups:
         group["lr"] = lr
-    err = (reconstruct(x) - x).abs()
+    out = decode_all(x)
+    err = (out[:, :3] - x).abs()
     weight = object_weights(x, a.obj, a.edge)
     loss = ((err + err.pow(2)) * weight).mean() / weight.mean()
     loss = loss + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean()
+    if a.mask:
+        loss = loss + a.mask * F.binary_cross_entropy_with_logits(out[:, 3], object_mask(x))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
     opt.step()
     step += 1
 m.eval()
-truth, rec, psnr = [], [], []
+truth, rec, psnr, drawn = [], [], [], []
 with torch.no_grad():
     for video, _, world in heldout_clips(48, 0):
         for k in (0, 8, 16):
             x = video[None, :, k : k + 1]
-            r = reconstruct(x).clamp(-1, 1)
+            out = decode_all(x)
+            r = out[:, :3].clamp(-1, 1)
             psnr.append(float(10 * torch.log10(4 / (r - x).pow(2).mean())))
             shape, bg = world["objects"][0]["shape"], world["background"]
             seen_t, seen_r = observe(x[0], bg)[0], observe(r[0], bg)[0]
             truth.append(bool(seen_t) and seen_t["shape"] == shape)
             rec.append(bool(seen_r) and seen_r["shape"] == shape)
+            if a.mask:  # the shape of the mask the decoder drew, read as the detector reads fill
+                ys, xs = torch.nonzero(out[0, 3, 0] > 0, as_tuple=True)
+                fill = len(ys) / int((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)) if len(ys) else 0.0
+                drawn.append(classify_shape(float(fill)) == shape)
 row = {"name": a.name, "steps": step, "psnr": round(float(np.mean(psnr)), 2), "shape_truth": round(float(np.mean(truth)), 3),
-       "shape_rec": round(float(np.mean(rec)), 3)}
+       "shape_rec": round(float(np.mean(rec)), 3), **({"shape_mask": round(float(np.mean(drawn)), 3)} if drawn else {})}
 report(row, a, "image.jsonl")

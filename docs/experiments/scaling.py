@@ -110,9 +110,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lm", type=Path, nargs="+", help="LM runs trained separately, one per level")
     p.add_argument("--model", default="shapes-demo", help="tokenizer and text model of the --lm runs")
-    p.add_argument("--also", nargs=3, metavar=("MODEL", "STEPS", "MINUTES"),
-                   help="one more level after the --lm runs: a model (folder or shipped name) trained elsewhere "
-                        "on rows of the same size, its LM steps and minutes (e.g. shapes-demo 22346 135)")
+    p.add_argument("--also", nargs=3, action="append", default=[], metavar=("MODEL", "STEPS", "MINUTES"),
+                   help="one more level after the --lm runs (repeatable): a model (folder or shipped name) trained "
+                        "elsewhere on rows of the same size, its LM steps and minutes (e.g. shapes-demo 22346 135)")
     p.add_argument("--run", type=Path, help="or: a `vidlm demo` output folder ...")
     p.add_argument("--steps", type=int, nargs="+", help="... and its LM checkpoints to evaluate")
     p.add_argument("--num", type=int, default=16, help="held-out clips per evaluation")
@@ -132,25 +132,28 @@ def main(argv=None) -> int:
                                   export_lm(r)}) for r in a.lm]
     else:
         levels = [(level(a.run / "runs" / "lm", s), {"path": export_at(a.run, s)}) for s in a.steps]
-    if a.also:  # at the --lm runs' FLOPs a step
-        name, steps, minutes = a.also[0], int(a.also[1]), float(a.also[2])
-        per_step = levels[-1][0]["pflop"] / levels[-1][0]["step"]
-        levels.append(({"step": steps, "pflop": float(f"{per_step * steps:.3g}"), "minutes": minutes, "model": name},
-                       {"path": name}))
-    # a run's report is kept beside its weights: a level added later evaluates only itself
-    saved = lambda where: Path(where["lm"]) / f"world-{a.num}-cfg{a.cfg_text:g}.json" if "lm" in where else None
+    per_step = levels[-1][0]["pflop"] / levels[-1][0]["step"]  # --also levels: at the --lm runs' FLOPs a step
+    for name, steps, minutes in a.also:
+        levels.append(({"step": int(steps), "pflop": float(f"{per_step * int(steps):.3g}"), "minutes": float(minutes),
+                        "model": name}, {"path": name}))
+
+    def saved(where: dict) -> Path | None:
+        """A level's report is kept beside its LM (a level added later evaluates only itself)."""
+        folder = Path(where.get("lm") or Path(where["path"]) / "lm")
+        return folder / f"world-{a.num}-cfg{a.cfg_text:g}.json" if folder.is_dir() else None
+
     a.out.mkdir(parents=True, exist_ok=True)
     clip, caption, _ = heldout_clips(1, seed=1)[0]
     rows, results = [], []
     for compute, where in levels:
         gen = VideoGenerator.from_pretrained(**where)
-        if saved(where) and saved(where).is_file():
-            report = read_json(saved(where))
+        if (keep := saved(where)) and keep.is_file():
+            report = read_json(keep)
         else:
             report = evaluate(gen, num=a.num, seed=0, sampling={"cfg_text": a.cfg_text}, progress=False)
             report = {k: v for k, v in report.items() if isinstance(v, float)}
-            if saved(where):
-                saved(where).write_text(json.dumps(report, indent=1))
+            if keep:
+                keep.write_text(json.dumps(report, indent=1))
         results.append({**compute, **report})
         print(json.dumps(results[-1]), flush=True)
         rows.append(samples_row(gen, caption, clip[:, :5], clip.shape[1], cfg_text=a.cfg_text))
