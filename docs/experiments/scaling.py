@@ -84,8 +84,8 @@ def plot(results: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     x = [r["pflop"] for r in results]
-    labels = [f"{r['pflop']:g}\n{r['minutes']:.0f} min" for r in results]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    labels = [f"{r['pflop']:g} ({r['minutes']:.0f} min)" for r in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("color_accuracy", "t2v colour"), ("shape_accuracy", "t2v shape"),
                        ("t2i_accuracy", "t2i object"), ("i2v_identity", "i2v identity"),
                        ("identity", "extend/connect identity"), ("detection_rate", "frames with an object")):
@@ -93,6 +93,7 @@ def plot(results: list[dict], out: Path) -> None:
     ax1.set(xscale="log", xlabel="LM training compute (PFLOP, and the minutes it took)", ylabel="fraction", ylim=(0, 1.02),
             title="prompt and identity", xticks=x, xticklabels=labels)
     ax1.minorticks_off()
+    plt.setp(ax1.get_xticklabels(), rotation=35, ha="right", fontsize=8)
     ax1.legend(fontsize=7)
     for key, label in (("forward_error_ratio", "extend-forward"), ("backward_error_ratio", "extend-backward"),
                        ("connect_error_ratio", "connect"), ("loop_seam", "loop seam")):
@@ -101,6 +102,7 @@ def plot(results: list[dict], out: Path) -> None:
     ax2.set(xscale="log", xlabel="LM training compute (PFLOP, and the minutes it took)", ylabel="error / copy-last (lower is better)",
             title="world model", xticks=x, xticklabels=labels)
     ax2.minorticks_off()
+    plt.setp(ax2.get_xticklabels(), rotation=35, ha="right", fontsize=8)
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
