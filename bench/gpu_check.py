@@ -116,14 +116,21 @@ def decode_compiled(model, device, mode: str = "default") -> str:
             f"of prefixes, max |logit diff| {diff:.3f} std")
 
 
+def random_rows(cfg: LMConfig, batch: int, seq: int, device, doc_len: int | None = None, seed: int = 0):
+    """(ids, coords, doc ids) of `batch` random rows of `seq` tokens; with doc_len, rows packed
+    with documents of doc_len tokens (doc ids None without)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=g).to(device)
+    coords = torch.arange(seq, device=device)[None, :, None].expand(batch, seq, 3).contiguous()
+    doc = None if doc_len is None else (torch.arange(seq, device=device) // doc_len).expand(batch, seq)
+    return ids, coords, doc
+
+
 def train_tokens_per_s(model, device, dtype, batch: int, seq: int, doc_len: int | None = None) -> float:
     """Tokens/s of training steps as `vidlm lm train` runs them (the loss at target positions,
-    fused AdamW) on random rows; with doc_len, rows packed with documents of doc_len tokens."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g).to(device)
-    coords = torch.arange(seq, device=device)[None, :, None].expand(batch, seq, 3).contiguous()
+    fused AdamW) on random_rows."""
+    ids, coords, doc = random_rows(model.cfg, batch, seq, device, doc_len)
     targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1)
-    doc = None if doc_len is None else (torch.arange(seq, device=device) // doc_len).expand(batch, seq)
     opt = adamw(model.parameters(), lr=1e-5)
 
     def step():
@@ -142,10 +149,7 @@ def packed_rows(cfg: LMConfig, device, dtype, batch: int = 16, seq: int = 1280, 
     the same weights."""
     torch.manual_seed(0)
     ref = VideoLM(cfg)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, cfg.vocab_size, (2, seq), generator=g).to(device)
-    coords = torch.arange(seq, device=device)[None, :, None].expand(2, seq, 3).contiguous()
-    doc = (torch.arange(seq, device=device) // doc_len).expand(2, seq)
+    ids, coords, doc = random_rows(cfg, 2, seq, device, doc_len, seed=1)
     base, grads = None, {}
     backends = ["sdpa"] if device.type == "cpu" else ["sdpa", "flex"] + ["flash"] * flash_available()
     for backend in backends:

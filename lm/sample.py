@@ -426,12 +426,12 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             names.append(name)
             timeline[base + j] = value  # tentative: a later draft may copy it
         block = torch.tensor([int(token), *drafts], device=gen.device)
-        start, width = cache.length, len(block)
+        start, width, ids = cache.length, len(block), block
         if getattr(model, "pads_passes", False) and start + draft + 1 <= cache.max_len and i + draft <= n:
             # one pass length for every pass (one CUDA graph): the last token again as padding,
             # whose logits are dropped and whose cache slots the truncate below forgets
             width = draft + 1
-        ids = torch.cat([block, block[-1:].expand(width - len(block))])
+            ids = torch.cat([block, block[-1:].expand(width - len(block))])
         pos = torch.arange(start, start + width, device=gen.device)
         logits = decode(model, ids.repeat(rows, 1), gen[:, i - 1 : i - 1 + width], cache, pos)[:, : len(block)]
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import object_weights, parse, report, training_clips
+from probe_common import median_distance, object_weights, parse, report, training_clips
 from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
@@ -102,7 +102,7 @@ def reconstruct(x: torch.Tensor) -> torch.Tensor:
 def object_mask(x: torch.Tensor) -> torch.Tensor:
     """(B,3,1,H,W) -> (B,1,H,W) float: the pixels at least half-way from the frame's median colour
     to its most distant pixel (one object on a plain background: alpha >= 0.5)."""
-    d = (x - x.flatten(2).median(-1).values[..., None, None, None]).abs().amax(1)  # (B,1,H,W)
+    d = median_distance(x)[:, :, 0]  # (B,1,H,W)
     return (d > 0.5 * d.flatten(1).amax(1)[:, None, None, None].clamp(min=0.1)).float()
 
 

@@ -52,10 +52,16 @@ def report(row: dict, a: argparse.Namespace, file: str) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def median_distance(x: torch.Tensor) -> torch.Tensor:
+    """x (B,C,T,H,W) -> (B,1,T,H,W): each pixel's largest channel difference from the clip's
+    median colour (its background, where one object is drawn on a plain one)."""
+    return (x - x.flatten(2).median(-1).values[..., None, None, None]).abs().amax(1, keepdim=True)
+
+
 def object_weights(x: torch.Tensor, obj: float, edge: float) -> torch.Tensor:
     """x (B,C,T,H,W) in [-1,1] -> per-pixel loss weights (B,1,T,H,W): 1, plus `obj` on pixels that
     differ from the clip's median colour (dilated by one pixel), plus `edge` on the object's
     boundary (dilated minus eroded)."""
-    mask = ((x - x.flatten(2).median(-1).values[..., None, None, None]).abs().amax(1, keepdim=True) > 0.05).float()
+    mask = (median_distance(x) > 0.05).float()
     grown = F.max_pool3d(mask, (1, 3, 3), 1, (0, 1, 1))
     return 1 + obj * grown + edge * (grown + F.max_pool3d(-mask, (1, 3, 3), 1, (0, 1, 1)))

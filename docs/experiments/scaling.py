@@ -60,10 +60,11 @@ def export_at(run: Path, step: int) -> Path:
 
 
 def export_lm(run: Path) -> Path:
-    """RUN/exported: the last checkpoint of LM run RUN (a `--lm` level)."""
+    """RUN/exported: the last checkpoint of LM run RUN (a `--lm` level), exported once."""
     from vidlm.lm.train import export
 
-    return export(run, run / "exported")
+    folder = run / "exported"
+    return folder if (folder / "model.safetensors").is_file() else export(run, folder)
 
 
 def samples_row(gen, prompt: str, head, frames: int, columns: int = 9, **opts) -> np.ndarray:
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     from vidlm.evaluate import evaluate, heldout_clips
     from vidlm.pipeline import VideoGenerator
 
-    if a.lm:  # an LM run holds an export (the device's runs come back that way) or checkpoints
+    if a.lm:  # an LM run folder holds an export (runs trained elsewhere may come back so) or checkpoints
         levels = [(level(r), {"path": a.model, "lm": r if (r / "model.safetensors").is_file() else
                                   export_lm(r)}) for r in a.lm]
     else:
