@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import median_distance, object_weights, parse, report, training_clips
+from probe_common import TwoLevel, median_distance, object_weights, parse, report, training_clips
 from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
@@ -47,9 +47,15 @@ p.add_argument("--mask", type=float, default=0.0, help="weight of a BCE loss on 
 p.add_argument("--arch", choices=("preset", "patch"), default="preset")
 p.add_argument("--width", type=int, default=128, help="--arch patch: channels at the cell grid")
 p.add_argument("--depth", type=int, default=1, help="--arch patch: residual blocks on each side")
+p.add_argument("--refine", type=int, default=-1, help="two-level codes: one code per 8x8-pixel cell, and four "
+               "more (one per 4x4 pixels) in K of them (probe_common.TwoLevel)")
+p.add_argument("--select", choices=("error", "codes"), default="error", help="--refine: how the K cells are chosen")
 a = parse(p, batch=32)
 frames = training_clips(a.out, a.clips).flatten(0, 1)  # (N*T,H,W,3) uint8
-m = VideoTokenizer(TokenizerConfig.from_name("demo", **json.loads(a.model), **({"in_channels": 4} if a.mask else {})))
+overrides = json.loads(a.model) | ({"in_channels": 4} if a.mask else {})
+if a.refine >= 0:  # the preset's codec at 4x4-pixel cells, its latent widened to carry both levels
+    overrides |= {"spatial_factor": 4, "channel_mult": [1, 2], "latent_dim": 16}
+m = VideoTokenizer(TokenizerConfig.from_name("demo", **overrides))
 
 
 class Res(nn.Module):
@@ -84,12 +90,18 @@ if a.arch == "patch":
     m.encoder, m.decoder = Patch(f, a.width, a.depth, 3 * f * f, d, True), Patch(f, a.width, a.depth, d, 3 * f * f, False)
 
 
+if a.refine >= 0:
+    m.quantizer = TwoLevel(m.cfg.latent_dim, m.cfg.levels, a.refine, a.select)
+
+
 def decode_all(x: torch.Tensor) -> torch.Tensor:
     """(B,3,1,H,W) -> the decoder's output: RGB, and with --mask the mask's logits after it."""
     if a.mask:  # the fourth input channel is always zero: the encoder is not shown the mask
         x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = m.encoder(x)
+        if a.refine >= 0:
+            return m.decoder(m.quantizer(z, x, m.decoder)).float()
         if a.quant == "fsq":
             z = m.quantizer(z)[0]
         return m.decoder(z).float()
@@ -119,6 +131,8 @@ while time.time() - t0 < total:
     weight = object_weights(x, a.obj, a.edge)
     loss = ((err + err.pow(2)) * weight).mean() / weight.mean()
     loss = loss + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean()
+    if a.refine >= 0:
+        loss = loss + m.quantizer.aux
     if a.mask:
         loss = loss + a.mask * F.binary_cross_entropy_with_logits(out[:, 3], object_mask(x))
     opt.zero_grad(set_to_none=True)
