@@ -10,9 +10,14 @@ the reconstructions. One JSON line per run goes to OUT/image.jsonl (docs/experim
     python docs/experiments/image_probe.py --name d16 --quant none --model '{"latent_dim": 16}'
     python docs/experiments/image_probe.py --name patch --arch patch --width 128 --depth 1
     python docs/experiments/image_probe.py --name mask --mask 1 --minutes 30
+    python docs/experiments/image_probe.py --name refine4 --refine 4 --select codes --minutes 40
 
 --mask W adds a fourth decoder channel trained (BCE, weight W) to draw the object's mask, so the
 codes must say where its edge runs; "shape_mask" reads the shape from that drawn mask.
+
+--refine K codes two sizes (probe_common.TwoLevel): a code per 8x8-pixel cell, and four finer
+codes in K of them, chosen by the coarse codes' error (--select error) or from the coarse codes
+alone (--select codes).
 
 --arch patch swaps the preset's strided convolutions for a patch codec of the same cell size:
 each 8x8-pixel cell's 192 values go in as channels (pixel unshuffle), through 1x1 and 3x3

@@ -9,6 +9,8 @@ appended to OUT/results.jsonl; docs/experiments.md holds the table. --save keeps
 of each measurement, and --init continues from them.
 
     python docs/experiments/tokenizer_probe.py --name tf2 --model '{"time_factor": 2}' --out exp
+    python docs/experiments/tokenizer_probe.py --name r4 --refine 4 --select codes --lr 1e-3 \
+        --model '{"time_factor": 1}' --minutes 45 --eval-every 15 --out exp
 """
 import argparse
 import json
