@@ -96,7 +96,7 @@ if a.arch == "patch":
 
 
 if a.refine >= 0:
-    m.quantizer = TwoLevel(m.cfg.latent_dim, m.cfg.levels, a.refine, a.select)
+    m.quantizer = TwoLevel(m.cfg, a.refine, a.select)
 
 
 def decode_all(x: torch.Tensor) -> torch.Tensor:
@@ -110,10 +110,6 @@ def decode_all(x: torch.Tensor) -> torch.Tensor:
         if a.quant == "fsq":
             z = m.quantizer(z)[0]
         return m.decoder(z).float()
-
-
-def reconstruct(x: torch.Tensor) -> torch.Tensor:
-    return decode_all(x)[:, :3]
 
 
 def object_mask(x: torch.Tensor) -> torch.Tensor:

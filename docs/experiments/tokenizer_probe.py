@@ -54,7 +54,7 @@ model = VideoTokenizer.from_pretrained(a.init) if a.init and a.refine < 0 else V
     TokenizerConfig.from_name(a.preset, **json.loads(a.model) | two_level))
 cfg = model.cfg
 if a.refine >= 0:  # saved and loaded as a plain state dict: the package's format knows one level
-    model.quantizer = TwoLevel(cfg.latent_dim, cfg.levels, a.refine, a.select)
+    model.quantizer = TwoLevel(cfg, a.refine, a.select)
     if a.init:
         model.load_state_dict(torch.load(f"{a.init}/two_level.pt"))
 
