@@ -3,6 +3,8 @@
 The README's video-level example (on the shipped weights) runs in tests/test_readme.py.
 """
 
+import math
+
 import pytest
 import torch
 from vidlm.lm.sample import ContextError
@@ -12,10 +14,15 @@ from vidlm.pipeline import VideoGenerator, seam_score
 SIZE = (16, 16)
 
 
-@pytest.fixture(scope="module")
-def gen():
+@pytest.fixture(scope="module", params=["debug", "two-level"])
+def gen(request):
+    from vidlm.tokenizer.config import TokenizerConfig
+
     torch.manual_seed(0)
-    return VideoGenerator.random("debug", tokenizer="debug")
+    # two-level codes (refine_rows): at 16x16, a 2x2 grid of 8x8-pixel codes and two rows: the 2x2 fine codes of one cell
+    tok = request.param if request.param == "debug" else TokenizerConfig.from_name(
+        "debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2)
+    return VideoGenerator.random("debug", tokenizer=tok)
 
 
 def clip(frames, seed=0, size=SIZE):
@@ -61,7 +68,7 @@ def test_loop_and_edit_run(gen):
 
 def test_long_slides_past_the_context_without_rereading(gen, monkeypatch):
     ctx = gen.lm.cfg.max_seq_len
-    per = (SIZE[0] // gen.space_factor) * (SIZE[1] // gen.space_factor)
+    per = math.prod(gen.latent_size(SIZE))
     seconds = (ctx // per + 8) * gen.time_factor / 8.0  # more latent frames than the context holds
     fed = []  # tokens per pass: the prefill (forward), then the decode steps (step)
     hook = gen.lm.register_forward_hook(lambda m, args, kw, out: fed.append(args[0].shape[1]), with_kwargs=True)
@@ -82,7 +89,7 @@ def test_long_keeps_its_caption_and_its_known_frames_after_the_window_slides(gen
     from vidlm.lm.model import KVCache
 
     ctx = gen.lm.cfg.max_seq_len
-    per = (SIZE[0] // gen.space_factor) * (SIZE[1] // gen.space_factor)
+    per = math.prod(gen.latent_size(SIZE))
     seconds = (ctx // per + 8) * gen.time_factor / 8.0
     # every slide keeps the whole prompt (caption included) as the cache's first entries, as it
     # was: a structural check, since random weights barely read the text
@@ -109,7 +116,7 @@ def test_long_keeps_its_caption_and_its_known_frames_after_the_window_slides(gen
 
 def test_request_too_large_says_what_fits(gen):
     with pytest.raises(ContextError, match=r"at most \d+ frames fit"):
-        gen.t2v("a red circle", frames=1 + 4 * 60, size=SIZE)
+        gen.t2v("a red circle", frames=1 + 4 * 63, size=SIZE)  # 64 latent frames, the most a grid has
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         gen.t2v("a red circle", frames=6, size=SIZE)
 

@@ -1,5 +1,5 @@
 """The causal 3D VQGAN tokenizer: causality, image == first frame, shapes, chunked == one-shot,
-quantizer options, and safetensors save/load."""
+quantizer options, two-level codes, and safetensors save/load."""
 
 import json
 
@@ -29,9 +29,11 @@ def video(b=2, t=9, h=32, w=32, seed=1):
 # A small 8x-spatial model, so both factors are covered without the demo preset's cost.
 SMALL8 = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor": 8, "levels": (5, 5, 5),
           "latent_dim": 4, "norm_groups": 4}
+# Two-level codes on the same cells: 4x4 pixels underneath, a code per 8x8 cell, 2 rows of fine codes.
+TWO = SMALL8 | {"channel_mult": (1, 2, 2), "latent_dim": 8, "refine_rows": 2}
 
 
-@pytest.mark.parametrize("kw", [{}, SMALL8], ids=["s4", "s8"])
+@pytest.mark.parametrize("kw", [{}, SMALL8, TWO], ids=["s4", "s8", "two-level"])
 def test_causality_changing_frame_j_never_changes_earlier_latents(kw):
     m = make(**kw)
     x = video(t=17)
@@ -51,7 +53,7 @@ def test_causality_changing_frame_j_never_changes_earlier_latents(kw):
     assert torch.equal(rec2[:, :, :9], rec[:, :, :9]) and not torch.equal(rec2[:, :, 9:13], rec[:, :, 9:13])
 
 
-@pytest.mark.parametrize("kw", [{}, SMALL8], ids=["s4", "s8"])
+@pytest.mark.parametrize("kw", [{}, SMALL8, TWO], ids=["s4", "s8", "two-level"])
 def test_image_codes_equal_first_frame_codes(kw):
     m = make(**kw)
     x = video(t=13)
@@ -81,7 +83,7 @@ def test_bad_shapes_get_clear_errors():
         m.decode(torch.full((1, 1, 2, 2), 125))
 
 
-@pytest.mark.parametrize("kw", [{}, SMALL8], ids=["s4", "s8"])
+@pytest.mark.parametrize("kw", [{}, SMALL8, TWO], ids=["s4", "s8", "two-level"])
 def test_chunked_equals_one_shot(kw):
     m = make(**kw)
     x = video(b=1, t=29, h=32, w=32)
@@ -104,6 +106,36 @@ def test_other_quantizers(quantizer):
     assert m.codebook_size == 64 and ids.max() < 64
     assert m.decode(ids).shape == x.shape
     assert torch.equal(m.encode_chunked(x, 1), ids)
+
+
+def test_two_level_codes():
+    m = make(**TWO)
+    assert m.factors == (4, 8) and m.latent_shape(9, 32, 48) == (3, 4 + 2, 6)
+    x = video(b=2, t=9, h=32, w=32)
+    ids = m.encode(x)  # 4x4 coarse codes, then 2 rows of 4: the 2x2 fine codes of 2 chosen cells
+    assert ids.shape == (2, 3, 6, 4) and 0 <= ids.min() and ids.max() < m.codebook_size
+    # the decoder reads exactly what encode computed: the chosen cells follow from the coarse codes
+    zq = m.quantizer(m.encoder(x))[0]
+    torch.testing.assert_close(m.decode(ids), m.decoder(zq), rtol=0, atol=1e-5)
+    # a fine code changes only the pixels of its own cell (4x4 pixels of one 8x8 cell)
+    cells = m.quantizer._cells(m.quantizer.coarse_q.embed(ids[:1, :1, :4], torch.float32)[:, :, 0])[0][0]
+    changed = ids.clone()
+    changed[0, 0, 4, 0] = (changed[0, 0, 4, 0] + 1) % m.codebook_size  # the first chosen cell's top-left code
+    diff = (m.decode(changed) - m.decode(ids))[0, :, 0].abs().amax(0)  # frame 0 (H, W)
+    y, x0 = divmod(int(cells[0]), 4)
+    assert diff[8 * y: 8 * y + 8, 8 * x0: 8 * x0 + 8].sum() > 0
+    # training: the scorer learns each cell's error when the coarse codes are drawn alone
+    m.train()
+    rec, ids_t, aux, _ = m(x)
+    assert rec.shape == x.shape and ids_t.shape == ids.shape and aux > 0
+    (aux + m(x[:, :, :1])[2]).backward()  # and on images (one frame)
+    assert m.quantizer.scorer[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiple of 16 pixels"):
+        m.latent_shape(1, 32, 8)  # one coarse column: rows of 1 code cannot hold cells of 4
+    with pytest.raises(ValueError, match="whole cells"):
+        m.decode(torch.zeros(1, 1, 3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="fsq"):
+        TokenizerConfig.from_name("debug", quantizer="vq", refine_rows=1)
 
 
 @pytest.mark.parametrize("latent_dim", [3, 4], ids=["no-projection", "projection"])
@@ -133,12 +165,15 @@ def test_save_load_bitwise(tmp_path):
     assert VT is VideoTokenizer and TC is TokenizerConfig
     m = make(quantizer="vq", codebook_size=32)
     m.save_pretrained(tmp_path / "tok")
+    two = make(**TWO)
+    two.save_pretrained(tmp_path / "two")
+    x = video(b=1, t=5)
+    assert torch.equal(VideoTokenizer.from_pretrained(tmp_path / "two").encode(x), two.encode(x))
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
     back = VideoTokenizer.from_pretrained(tmp_path / "tok")
     assert back.cfg == m.cfg
     a, b = m.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    x = video(b=1, t=5)
     assert torch.equal(back.encode(x), m.encode(x))
 
 

@@ -117,6 +117,24 @@ def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
     assert Path(r["side_by_side"]).stat().st_size > 0
 
 
+def test_two_level_run_trains_its_cell_scorer(dist, shards, tmp_path):
+    from vidlm.tokenizer.model import VideoTokenizer
+
+    base = debug_cfg()
+    two = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor": 8, "latent_dim": 8,
+           "norm_groups": 4, "refine_rows": 2}
+    cfg = debug_cfg(steps=6, log_every=1, val_every=6, ckpt_every=6, model=two,
+                    data=dataclasses.replace(base.data, image_every=2, image_batch_size=5))
+    last = tt.main(cfg, run_dir=str(tmp_path / "run"), data=shards)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["quantizer"] > 0 and rows[1]["image_quantizer"] > 0 and last["step"] == 6  # the cell scorer's loss
+    from vidlm.tokenizer.cli import main as cli
+
+    assert cli(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "tok")]) == 0
+    tok = VideoTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok.encode(torch.zeros(1, 3, 9, 32, 32)).shape == (1, 3, 4 + 2, 4)
+
+
 def test_image_batch_is_distinct_frames_of_the_clips():
     x = torch.arange(2 * 9, dtype=torch.float32).view(2, 1, 9, 1, 1).expand(2, 3, 9, 4, 4)
     img = tt.image_batch(x, 7, seed=1)

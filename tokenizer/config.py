@@ -68,19 +68,32 @@ class TokenizerConfig:
     """VQ commitment loss weight."""
     norm_groups: int = 8
     """GroupNorm groups (applied per frame: causal in time)."""
+    refine_rows: int = 0
+    """Two-level codes (model.TwoLevel); 0 = off. With r > 0 the encoder stops at cells of
+    spatial_factor/2 pixels; each latent frame gets a coarse code per spatial_factor cell (its h
+    rows of the grid) and r more rows: the 2x2 fine codes of the r*w/4 coarse cells that a small
+    scorer, reading the coarse codes alone, predicts to be drawn worst (an object's edges). The
+    grid is (t, h + r, w): the LM sees plain rows, and the chosen cells follow from the codes."""
 
     def __post_init__(self):
         steps = len(self.channel_mult) - 1
+        if self.refine_rows < 0 or (self.refine_rows and self.quantizer != "fsq"):
+            raise ValueError(f"refine_rows must be >= 0 and needs the fsq quantizer, got {self.refine_rows} "
+                             f"with {self.quantizer}")
         sp = self.spatial_factor // self.patch
         if self.spatial_factor % self.patch or sp & (sp - 1) or sp < 1:
             raise ValueError(f"spatial_factor/patch must be a power of 2, got {self.spatial_factor}/{self.patch}")
+        if self.refine_rows and sp < 2:
+            raise ValueError(f"refine_rows needs spatial_factor/patch >= 2 (fine cells are half a coarse one), "
+                             f"got {self.spatial_factor}/{self.patch}")
         tf = self.time_factor
         if tf < 1 or tf & (tf - 1):
             raise ValueError(f"time_factor must be a power of 2, got {tf}")
-        need = max(int(math.log2(sp)), int(math.log2(tf)))
+        need = max(self.space_steps, int(math.log2(tf)))
         if steps != need:
             raise ValueError(f"channel_mult needs {need + 1} entries (one per level; {need} downsampling "
-                             f"steps for spatial {sp}x after patch {self.patch} and time {tf}x), got {steps + 1}")
+                             f"steps for spatial {sp}x after patch {self.patch}{', halved by refine_rows,' if self.refine_rows else ''} "
+                             f"and time {tf}x), got {steps + 1}")
         for c in (self.channels * m for m in self.channel_mult):
             if c % self.norm_groups:
                 raise ValueError(f"channel width {c} is not divisible by norm_groups={self.norm_groups}")
@@ -93,7 +106,8 @@ class TokenizerConfig:
 
     @property
     def space_steps(self) -> int:
-        return int(math.log2(self.spatial_factor // self.patch))
+        """The encoder's spatial downsampling steps (one fewer with two-level codes)."""
+        return int(math.log2(self.spatial_factor // self.patch)) - (self.refine_rows > 0)
 
     @property
     def time_steps(self) -> int:

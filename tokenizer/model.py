@@ -16,13 +16,19 @@ video that starts with it. Streaming: each causal conv keeps the last `kernel - 
 of its input in a cache dict, so `encode_chunked` / `decode_chunked` compute exactly what the
 one-shot call computes, in pieces.
 
+Two-level codes (`refine_rows` r > 0, `TwoLevel`): the encoder stops at half-size cells, each
+frame gets a code per cell and r more rows of finer codes where its coarse codes draw worst, so
+ids are (B, 1+k, H/s + r, W/s): still a plain grid to the LM and to every task.
+
 Weights: `save_pretrained(dir)` writes model.safetensors + config.json; `from_pretrained(dir)`
 reads them back without unpickling anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -229,13 +235,92 @@ class Quantizer(nn.Module):
         return rearrange(zq.to(dtype), "b (t h w) d -> b d t h w", t=t, h=h, w=w)
 
 
+class TwoLevel(nn.Module):
+    """Two-level codes (cfg.refine_rows = r > 0), frame by frame, over the encoder's latent at
+    cells of half the spatial factor; same interface as Quantizer, ids on the grid (B,t,h+r,w).
+
+    - coarse: one code per spatial_factor cell (2x2 strided conv -> FSQ of cfg.levels): rows 0..h-1;
+    - fine: one code per half cell (1x1 conv -> the same FSQ), kept only in the K = r*w/4 coarse
+      cells a small scorer reading the coarse codes predicts to be drawn worst; their 2x2 codes,
+      cell by cell in raster order, fill rows h..h+r-1;
+    - the decoder reads the coarse code brought back to the fine grid, plus the kept fine codes.
+    The chosen cells follow from the coarse codes alone, so ids are all a decoder (or an LM's
+    sampler) needs. While training, the scorer learns the log of each cell's error when the coarse
+    codes are drawn alone (`forward` with the frames and the decoder): the aux loss.
+    docs/experiments.md, "Shape, ninth round": 80 codes a 64x64 frame read shapes as 256 do.
+    """
+
+    def __init__(self, cfg: TokenizerConfig, width: int = 64):
+        super().__init__()
+        d, n = cfg.latent_dim, len(cfg.levels)
+        self.rows = cfg.refine_rows
+        self.coarse_in = nn.Sequential(nn.Conv2d(d, width, 2, 2), nn.SiLU(), nn.Conv2d(width, n, 1))
+        self.fine_in = nn.Conv2d(d, n, 1)
+        codes = dataclasses.replace(cfg, latent_dim=n, refine_rows=0, spatial_factor=cfg.spatial_factor // 2)  # FSQ alone
+        self.coarse_q, self.fine_q = Quantizer(codes), Quantizer(codes)
+        self.coarse_out = nn.Sequential(nn.Conv2d(n, width, 1), nn.SiLU(), nn.ConvTranspose2d(width, d, 2, 2))
+        self.fine_out = nn.Conv2d(n, d, 1)
+        self.scorer = nn.Sequential(nn.Conv2d(n, width, 3, padding=1), nn.SiLU(),
+                                    nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 1, 1))
+
+    def _cells(self, coarse: Tensor) -> tuple[Tensor, Tensor]:
+        # coarse codes (N,n,h,w) -> the chosen cells (N,K) in raster order, and the scores (N,1,h,w)
+        with torch.autocast(coarse.device.type, enabled=False):  # fp32: the same cells from encode and decode
+            score = self.scorer(coarse.detach().float())
+        k = self.rows * coarse.shape[-1] // 4
+        return score.flatten(1).topk(k, dim=1).indices.sort(1).values, score
+
+    def _latent(self, coarse: Tensor, fine: Tensor, cells: Tensor, t: int) -> Tensor:
+        # codes (N,n,h,w), (N,n,2h,2w), cells (N,K) -> the decoder's input (B,d,t,2h,2w)
+        keep = torch.zeros(coarse.shape[0], coarse.shape[2] * coarse.shape[3], device=coarse.device)
+        keep = keep.scatter_(1, cells, 1.0).view(-1, 1, *coarse.shape[2:])
+        keep = F.interpolate(keep, scale_factor=2.0).to(fine.dtype)
+        zq = self.coarse_out(coarse) + keep * self.fine_out(fine)
+        return rearrange(zq, "(b t) d h w -> b d t h w", t=t)
+
+    def forward(self, z: Tensor, frames: Tensor | None = None, decoder=None) -> tuple[Tensor, Tensor, Tensor]:
+        # z (B,d,t,2h,2w) -> zq (B,d,t,2h,2w), ids (B,t,h+r,w), aux (the scorer's loss, given frames and decoder)
+        t = z.shape[2]
+        z = rearrange(z, "b d t h w -> (b t) d 1 h w")
+        coarse, cids, _ = self.coarse_q(self.coarse_in(z[:, :, 0])[:, :, None])
+        fine, fids, _ = self.fine_q(self.fine_in(z[:, :, 0])[:, :, None])
+        coarse, fine, cids, fids = coarse[:, :, 0], fine[:, :, 0], cids[:, 0], fids[:, 0]
+        cells, score = self._cells(coarse)
+        aux = z.new_zeros((), dtype=torch.float32)
+        if frames is not None and decoder is not None:
+            with torch.no_grad():  # what the coarse codes alone draw: each cell's error is the target
+                drawn = decoder(rearrange(self.coarse_out(coarse), "(b t) d h w -> b d t h w", t=t)).float()
+                err = F.avg_pool2d((drawn - frames.float()).abs().sum(1), frames.shape[-1] // coarse.shape[-1])
+                # per latent frame: frame 0 alone, then the mean over the frames each later one codes
+                if t > 1:
+                    rest = rearrange(err[:, 1:], "b (t f) h w -> b t f h w", t=t - 1).mean(2)
+                    err = torch.cat([err[:, :1], rest], 1)
+                err = rearrange(err, "b t h w -> (b t) 1 h w")
+            aux = F.mse_loss(score, err.clamp(min=1e-3).log())
+        kept = rearrange(fids, "n (h p) (w q) -> n (h w) (p q)", p=2, q=2).gather(1, cells[..., None].expand(-1, -1, 4))
+        ids = torch.cat([cids, kept.reshape(cids.shape[0], self.rows, -1)], 1)
+        return self._latent(coarse, fine, cells, t), rearrange(ids, "(b t) h w -> b t h w", t=t), aux
+
+    def embed(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
+        # ids (B,t,h+r,w) -> zq (B,d,t,2h,2w) in the model's dtype
+        t, h, w = ids.shape[1], ids.shape[2] - self.rows, ids.shape[3]
+        flat = rearrange(ids, "b t h w -> (b t) h w")
+        coarse = self.coarse_q.embed(flat[:, None, :h], dtype)[:, :, 0]
+        cells, _ = self._cells(coarse)
+        fids = torch.zeros(flat.shape[0], h * w, 4, dtype=flat.dtype, device=flat.device)
+        fids.scatter_(1, cells[..., None].expand(-1, -1, 4), flat[:, h:].reshape(flat.shape[0], -1, 4))
+        fids = rearrange(fids, "n (h w) (p q) -> n 1 (h p) (w q)", h=h, p=2)
+        return self._latent(coarse, self.fine_q.embed(fids, dtype)[:, :, 0], cells, t)
+
+
 class VideoTokenizer(nn.Module):
     """Causal 3D VQGAN: `encode` video -> ids, `decode` ids -> video (see the module doc)."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder, self.quantizer, self.decoder = Encoder(cfg), Quantizer(cfg), Decoder(cfg)
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+        self.quantizer = TwoLevel(cfg) if cfg.refine_rows else Quantizer(cfg)
 
     @property
     def codebook_size(self) -> int:
@@ -252,13 +337,22 @@ class VideoTokenizer(nn.Module):
         return self.decoder.conv_out.conv.weight
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(T, H, W) pixels -> (t, h, w) codes; a clear error for sizes the model can't code."""
+        """(T, H, W) pixels -> (t, h, w) codes (h counts the fine rows of two-level codes); a clear
+        error for sizes the model can't code."""
         tf, sf = self.factors
         check_frames(frames, tf, "the video's frame count")
         if height % sf or width % sf or height < sf or width < sf:
             raise ValueError(f"video is {width}x{height}; width and height must be positive multiples "
                              f"of {sf} (resize or crop it, e.g. with vidlm.data.buckets.resize_crop)")
-        return 1 + (frames - 1) // tf, height // sf, width // sf
+        r = self.cfg.refine_rows
+        if r * (width // sf) % 4:
+            raise ValueError(f"video is {width}x{height}; with refine_rows={r} the width must be a multiple of "
+                             f"{sf * 4 // math.gcd(r, 4)} pixels (the fine codes fill whole rows)")
+        return 1 + (frames - 1) // tf, height // sf + r, width // sf
+
+    def frame_size(self, h: int, w: int) -> tuple[int, int]:
+        """The inverse of latent_shape in space: a grid (h, w) -> (H, W) pixels."""
+        return (h - self.cfg.refine_rows) * self.cfg.spatial_factor, w * self.cfg.spatial_factor
 
     def _check_video(self, video: Tensor) -> None:
         if video.dim() != 5 or video.shape[1] != self.cfg.in_channels:
@@ -266,8 +360,11 @@ class VideoTokenizer(nn.Module):
         self.latent_shape(*video.shape[2:])
 
     def _check_ids(self, ids: Tensor) -> None:
-        if ids.dim() != 4 or ids.dtype.is_floating_point:
+        if ids.dim() != 4 or ids.dtype.is_floating_point or ids.shape[2] <= self.cfg.refine_rows:
             raise ValueError(f"expected integer ids (B,t,h,w), got {ids.dtype} {tuple(ids.shape)}")
+        if self.cfg.refine_rows and self.cfg.refine_rows * ids.shape[3] % 4:
+            raise ValueError(f"ids {tuple(ids.shape)}: with refine_rows={self.cfg.refine_rows}, rows of "
+                             f"{ids.shape[3]} codes do not hold whole cells of 4 fine codes")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
             raise ValueError(f"ids must be in [0, {self.codebook_size}), got [{int(ids.min())}, {int(ids.max())}]")
 
@@ -275,12 +372,16 @@ class VideoTokenizer(nn.Module):
         """Training: video (B,C,T,H,W) in [-1,1] -> recon (B,C,T,H,W), ids (B,t,h,w), aux loss (),
         and the decoder's last-layer input, detached (for the adaptive GAN weight)."""
         self._check_video(video)
-        zq, ids, aux = self.quantizer(self.encoder(video))
+        z = self.encoder(video)
+        if self.cfg.refine_rows:  # the cell scorer's target needs the frames and the decoder (training only)
+            zq, ids, aux = self.quantizer(z, video, self.decoder if self.training else None)
+        else:
+            zq, ids, aux = self.quantizer(z)
         feats = self.decoder.features(zq)
         return self.decoder.head(feats), ids, aux, feats.detach()
 
     def encode(self, video: Tensor, cache: Cache | None = None) -> Tensor:
-        """video (B,C,T,H,W) float in [-1,1], T = 1 + f*k -> ids (B, 1+k, H/s, W/s) int64.
+        """video (B,C,T,H,W) float in [-1,1], T = 1 + f*k -> ids (B, 1+k, H/s (+ refine_rows), W/s) int64.
         With `cache` (streaming), calls after the first take 4k frames and return k latent frames."""
         if cache is None or not cache:
             self._check_video(video)

@@ -16,7 +16,7 @@ unchanged in the returned grid.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ from vidlm.config import resolve_weights
 from vidlm.data.refine import refine_shapes
 from vidlm.lm.sample import CFG, ContextError, stream
 from vidlm.logging import progress_bar
+
+if TYPE_CHECKING:
+    from vidlm.tokenizer.config import TokenizerConfig
 
 SPECULATIVE = 16
 """Drafts per forward pass in every task's sampling (`vidlm.lm.sample.stream`'s `draft`): the
@@ -114,7 +117,7 @@ class VideoGenerator:
         return cls(video_tok, text_tok, model, vocab, device=device, refine=refine, compile=compile)
 
     @classmethod
-    def random(cls, lm: str = "debug", *, tokenizer: str = "debug", captions=None, seed: int = 0,
+    def random(cls, lm: str = "debug", *, tokenizer: str | TokenizerConfig = "debug", captions=None, seed: int = 0,
                device: str = "cpu", refine=None, **lm_overrides) -> VideoGenerator:
         """Random weights at the given presets (tests, benchmarks): speed and shapes are real,
         the videos are noise. The text model is trained in memory on `captions`."""
@@ -128,7 +131,8 @@ class VideoGenerator:
         captions = captions or [f"a {c} {s} moves {d}" for c in ("red", "green", "blue", "yellow")
                                 for s in ("circle", "square", "triangle") for d in ("left", "right", "up", "down")]
         torch.manual_seed(seed)
-        video_tok = VideoTokenizer(TokenizerConfig.from_name(tokenizer))
+        video_tok = VideoTokenizer(tokenizer if isinstance(tokenizer, TokenizerConfig) else
+                                   TokenizerConfig.from_name(tokenizer))
         text_tok = train_text_tokenizer(captions, 64)
         vocab = Vocab.build(video_tok.cfg, text_tok)
         model = VideoLM(LMConfig.from_name(lm, vocab_size=vocab.size, **lm_overrides))
@@ -156,12 +160,10 @@ class VideoGenerator:
         return 1 + (t - 1) * self.time_factor
 
     def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """(W, H) pixels -> (h, w) latent grid; both must be divisible by the spatial factor."""
+        """(W, H) pixels -> (h, w) latent grid (the tokenizer's latent_shape: a clear error for
+        sizes it cannot code)."""
         w, h = size
-        f = self.space_factor
-        if w % f or h % f or w <= 0 or h <= 0:
-            raise ValueError(f"size {w}x{h}: width and height must be positive multiples of {f}")
-        return h // f, w // f
+        return self.tokenizer.latent_shape(1, h, w)[1:]
 
     @torch.inference_mode()
     def encode(self, video: Tensor) -> Tensor:
@@ -204,8 +206,8 @@ class VideoGenerator:
         t, h, w = grid
         fit = [k for k in range(1, t) if self._need(task, (k, h, w), text, known) <= ctx]
         frames = f"at most {self.frames_of(max(fit))} frames fit" if fit else "not even one frame fits"
-        raise ContextError(f"{what} ({self.frames_of(t)} frames at {w * self.space_factor}x"
-                           f"{h * self.space_factor}) needs {need} tokens, but the model's context "
+        height, width = self.tokenizer.frame_size(h, w)
+        raise ContextError(f"{what} ({self.frames_of(t)} frames at {width}x{height}) needs {need} tokens, but the model's context "
                            f"holds {ctx}: at this size {frames}; use fewer frames or a smaller size")
 
     def _need(self, task, grid, text, known) -> int:

@@ -19,6 +19,7 @@ files the server serves; it listens on 127.0.0.1 unless --host says otherwise.
 import argparse
 import inspect
 import itertools
+import math
 import os
 import shutil
 import tempfile
@@ -67,8 +68,13 @@ def sizes(gen, factor_multiples=(4, 6, 8, 12, 16)) -> list[str]:
     out = set()
     for w in factor_multiples:
         for h in factor_multiples:
-            if max(w, h) <= 2 * min(w, h) and gen._need("t2v", (2, h, w), "x", []) <= ctx:
-                out.add((w * s, h * s))
+            if max(w, h) <= 2 * min(w, h):
+                try:
+                    grid = gen.latent_size((w * s, h * s))
+                except ValueError:
+                    continue
+                if gen._need("t2v", (2, *grid), "x", []) <= ctx:
+                    out.add((w * s, h * s))
     return [f"{w}x{h}" for w, h in sorted(out, key=lambda wh: (wh[0] * wh[1], wh))]
 
 
@@ -219,7 +225,7 @@ def build_app(gen, *, work_dir: Path | None = None, extra_examples: list[str] = 
                 nonlocal per
                 if per is None:  # codes per latent frame: the grid of the output size
                     w, h = (int(x) for x in (values[FIELDS[task].index("size")] or default_size).split("x"))
-                    per = (h // gen.space_factor) * (w // gen.space_factor)
+                    per = math.prod(gen.latent_size((w, h)))
                 if done % per == 0 or done == total:
                     progress((done // per, -(-total // per)), desc="latent frames", unit="latent frames")
 

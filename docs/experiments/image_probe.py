@@ -10,14 +10,14 @@ the reconstructions. One JSON line per run goes to OUT/image.jsonl (docs/experim
     python docs/experiments/image_probe.py --name d16 --quant none --model '{"latent_dim": 16}'
     python docs/experiments/image_probe.py --name patch --arch patch --width 128 --depth 1
     python docs/experiments/image_probe.py --name mask --mask 1 --minutes 30
-    python docs/experiments/image_probe.py --name refine4 --refine 4 --select codes --minutes 40
+    python docs/experiments/image_probe.py --name refine4 --refine 2 --minutes 40
 
 --mask W adds a fourth decoder channel trained (BCE, weight W) to draw the object's mask, so the
 codes must say where its edge runs; "shape_mask" reads the shape from that drawn mask.
 
---refine K codes two sizes (probe_common.TwoLevel): a code per 8x8-pixel cell, and four finer
-codes in K of them, chosen by the coarse codes' error (--select error) or from the coarse codes
-alone (--select codes).
+--refine R codes two sizes (the tokenizer's `refine_rows`, vidlm.tokenizer.model.TwoLevel): a code
+per 8x8-pixel cell, and four finer codes in 2R of them (R rows of 8), chosen from the coarse codes.
+(The ninth round's rows that chose the cells by their error were made with commit 81e605d.)
 
 --arch patch swaps the preset's strided convolutions for a patch codec of the same cell size:
 each 8x8-pixel cell's 192 values go in as channels (pixel unshuffle), through 1x1 and 3x3
@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from probe_common import TwoLevel, median_distance, object_weights, parse, report, training_clips
+from probe_common import median_distance, object_weights, parse, report, training_clips
 from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
@@ -52,14 +52,13 @@ p.add_argument("--mask", type=float, default=0.0, help="weight of a BCE loss on 
 p.add_argument("--arch", choices=("preset", "patch"), default="preset")
 p.add_argument("--width", type=int, default=128, help="--arch patch: channels at the cell grid")
 p.add_argument("--depth", type=int, default=1, help="--arch patch: residual blocks on each side")
-p.add_argument("--refine", type=int, default=-1, help="two-level codes: one code per 8x8-pixel cell, and four "
-               "more (one per 4x4 pixels) in K of them (probe_common.TwoLevel)")
-p.add_argument("--select", choices=("error", "codes"), default="error", help="--refine: how the K cells are chosen")
+p.add_argument("--refine", type=int, default=0, help="two-level codes: one code per 8x8-pixel cell, and four "
+               "more (one per 4x4 pixels) in 2R of them (the tokenizer's refine_rows)")
 a = parse(p, batch=32)
 frames = training_clips(a.out, a.clips).flatten(0, 1)  # (N*T,H,W,3) uint8
 overrides = json.loads(a.model) | ({"in_channels": 4} if a.mask else {})
-if a.refine >= 0:  # the preset's codec at 4x4-pixel cells, its latent widened to carry both levels
-    overrides |= {"spatial_factor": 4, "channel_mult": [1, 2], "latent_dim": 16}
+if a.refine:  # the preset's codec at 4x4-pixel cells, its latent widened to carry both levels
+    overrides |= {"refine_rows": a.refine, "channel_mult": [1, 2], "latent_dim": 16}
 m = VideoTokenizer(TokenizerConfig.from_name("demo", **overrides))
 
 
@@ -95,21 +94,19 @@ if a.arch == "patch":
     m.encoder, m.decoder = Patch(f, a.width, a.depth, 3 * f * f, d, True), Patch(f, a.width, a.depth, d, 3 * f * f, False)
 
 
-if a.refine >= 0:
-    m.quantizer = TwoLevel(m.cfg, a.refine, a.select)
-
-
-def decode_all(x: torch.Tensor) -> torch.Tensor:
-    """(B,3,1,H,W) -> the decoder's output: RGB, and with --mask the mask's logits after it."""
+def decode_all(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,3,1,H,W) -> the decoder's output (RGB, and with --mask the mask's logits after it), and
+    the quantizer's aux loss (--refine: the cell scorer's, while training)."""
     if a.mask:  # the fourth input channel is always zero: the encoder is not shown the mask
         x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+    aux = torch.zeros(())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = m.encoder(x)
-        if a.refine >= 0:
-            return m.decoder(m.quantizer(z, x, m.decoder)).float()
-        if a.quant == "fsq":
+        if a.refine:
+            z, _, aux = m.quantizer(z, x, m.decoder if m.training else None)
+        elif a.quant == "fsq":
             z = m.quantizer(z)[0]
-        return m.decoder(z).float()
+        return m.decoder(z).float(), aux
 
 
 def object_mask(x: torch.Tensor) -> torch.Tensor:
@@ -127,13 +124,11 @@ while time.time() - t0 < total:
     lr = a.lr * min(1, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * (time.time() - t0) / total))
     for group in opt.param_groups:
         group["lr"] = lr
-    out = decode_all(x)
+    out, aux = decode_all(x)
     err = (out[:, :3] - x).abs()
     weight = object_weights(x, a.obj, a.edge)
     loss = ((err + err.pow(2)) * weight).mean() / weight.mean()
-    loss = loss + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean()
-    if a.refine >= 0:
-        loss = loss + m.quantizer.aux
+    loss = loss + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean() + aux
     if a.mask:
         loss = loss + a.mask * F.binary_cross_entropy_with_logits(out[:, 3], object_mask(x))
     opt.zero_grad(set_to_none=True)
@@ -147,7 +142,7 @@ with torch.no_grad():
     for video, _, world in heldout_clips(48, 0):
         for k in (0, 8, 16):
             x = video[None, :, k : k + 1]
-            out = decode_all(x)
+            out = decode_all(x)[0]
             r = out[:, :3].clamp(-1, 1)
             psnr.append(float(10 * torch.log10(4 / (r - x).pow(2).mean())))
             shape, bg = world["objects"][0]["shape"], world["background"]

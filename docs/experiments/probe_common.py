@@ -1,19 +1,14 @@
 """What the probe scripts share: their common arguments, the training clips (the clips of
 `vidlm data synth --seed 0`, rendered once and cached as OUT/clipsN.npy), the weights that
-favour an object's pixels, and the ninth round's two-level codes (TwoLevel)."""
+favour an object's pixels."""
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
-from torch import nn
 from vidlm.data.synthetic import clip_seed, render_clip
-from vidlm.tokenizer.config import TokenizerConfig
-from vidlm.tokenizer.model import Quantizer
 
 
 def parse(p: argparse.ArgumentParser, batch: int) -> argparse.Namespace:
@@ -70,52 +65,3 @@ def object_weights(x: torch.Tensor, obj: float, edge: float) -> torch.Tensor:
     mask = (median_distance(x) > 0.05).float()
     grown = F.max_pool3d(mask, (1, 3, 3), 1, (0, 1, 1))
     return 1 + obj * grown + edge * (grown + F.max_pool3d(-mask, (1, 3, 3), 1, (0, 1, 1)))
-
-
-class TwoLevel(nn.Module):
-    """Codes of two sizes, from an encoder's latent (cfg.latent_dim channels) at 4x4-pixel cells,
-    frame by frame: a coarse code per 8x8-pixel cell (a 2x2 strided convolution, FSQ of
-    cfg.levels) and a fine code per 4x4 cell (1x1, the same FSQ). The decoder's input is the
-    coarse code brought back to the fine grid, plus the fine codes only in the `k` 8x8 cells of
-    each frame chosen: those the coarse codes alone draw worst (select "error", which needs the
-    frame), or those a small network reading the coarse codes alone predicts to be worst (select
-    "codes": a sampler that has made a frame's coarse codes knows where its fine ones go, so the
-    LM needs no position tokens; while training, the network's loss is left in `aux`)."""
-
-    def __init__(self, cfg: TokenizerConfig, k: int, select: str = "error", width: int = 64):
-        super().__init__()
-        d, n = cfg.latent_dim, len(cfg.levels)
-        self.k, self.select = k, select
-        self.coarse_in = nn.Sequential(nn.Conv2d(d, width, 2, 2), nn.SiLU(), nn.Conv2d(width, n, 1))
-        self.fine_in = nn.Conv2d(d, n, 1)
-        codes = dataclasses.replace(cfg, latent_dim=n)  # the FSQ alone, no projections
-        self.coarse_q, self.fine_q = Quantizer(codes), Quantizer(codes)
-        self.coarse_out = nn.Sequential(nn.Conv2d(n, width, 1), nn.SiLU(), nn.ConvTranspose2d(width, d, 2, 2))
-        self.fine_out = nn.Conv2d(n, d, 1)
-        if select == "codes":
-            self.scorer = nn.Sequential(nn.Conv2d(n, width, 3, padding=1), nn.SiLU(),
-                                        nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 1, 1))
-        self.aux = torch.zeros(())
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor, decoder) -> torch.Tensor:
-        # z (B,d,T,H,W) at 4x4 cells, x (B,3,T,4H,4W) the frames -> the decoder's input (B,d,T,H,W)
-        t = z.shape[2]
-        frames = rearrange(z, "b d t h w -> (b t) d h w")
-        codes = self.coarse_q(self.coarse_in(frames)[:, :, None])[0][:, :, 0]
-        coarse = self.coarse_out(codes)
-        fine = self.fine_out(self.fine_q(self.fine_in(frames)[:, :, None])[0][:, :, 0])
-        if self.select == "error" or self.training:
-            with torch.no_grad():  # the coarse codes' own error, per 8x8-pixel cell of each frame
-                drawn = decoder(rearrange(coarse, "(b t) d h w -> b d t h w", t=t)).float()[:, :3]
-                err = F.avg_pool2d(rearrange((drawn - x[:, :3]).abs().sum(1), "b t h w -> (b t) h w")[:, None], 8)
-        if self.select == "codes":
-            rank = self.scorer(codes.detach()).float()
-            if self.training:
-                self.aux = F.mse_loss(rank, err.clamp(min=1e-3).log())
-            rank = rank.detach()
-        else:
-            rank = err
-        keep = torch.zeros_like(rank).flatten(1)
-        keep.scatter_(1, rank.flatten(1).topk(self.k, dim=1).indices, 1.0)
-        keep = F.interpolate(keep.view_as(rank).to(fine.dtype), scale_factor=2)
-        return rearrange(coarse + keep * fine, "(b t) d h w -> b d t h w", t=t)

@@ -9,17 +9,19 @@ appended to OUT/results.jsonl; docs/experiments.md holds the table. --save keeps
 of each measurement, and --init continues from them.
 
     python docs/experiments/tokenizer_probe.py --name tf2 --model '{"time_factor": 2}' --out exp
-    python docs/experiments/tokenizer_probe.py --name r4 --refine 4 --select codes --lr 1e-3 \
-        --model '{"time_factor": 1}' --minutes 45 --eval-every 15 --out exp
+    python docs/experiments/tokenizer_probe.py --name r4 --lr 1e-3 --minutes 45 --eval-every 15 --out exp \
+        --model '{"time_factor": 1, "channel_mult": [1, 2], "latent_dim": 16, "refine_rows": 2}'
+
+(Two-level codes, `refine_rows`, are the tokenizer's own since the ninth round; that round's rows
+that chose the refined cells by their error were made with commit 81e605d.)
 """
 import argparse
 import json
-import os
 import time
 
 import numpy as np
 import torch
-from probe_common import TwoLevel, parse, report, training_clips
+from probe_common import parse, report, training_clips
 from vidlm.tokenizer.config import LossConfig, TokenizerConfig
 from vidlm.tokenizer.losses import TokenizerLosses
 from vidlm.tokenizer.metrics import psnr_per_frame
@@ -41,29 +43,14 @@ p.add_argument("--mp4", action="store_true", help="train on the shards' H.264 fr
 p.add_argument("--frames", type=int, default=17)
 p.add_argument("--eval-every", type=float, default=0, help="minutes between measurements (0: at the end)")
 p.add_argument("--save", help="save the EMA weights here at each measurement (save_pretrained)")
-p.add_argument("--init", help="start from these saved weights (a --save folder; --model and --preset are ignored, "
-               "but for --refine, which needs the --model it was saved with)")
-p.add_argument("--refine", type=int, default=-1, help="two-level codes (probe_common.TwoLevel): a code per 8x8-pixel "
-               "cell of each latent frame, and four more (one per 4x4 pixels) in K of them; 4x4-pixel cells underneath")
-p.add_argument("--select", choices=("error", "codes"), default="error", help="--refine: how the K cells are chosen")
+p.add_argument("--init", help="start from these saved weights (a --save folder; --model and --preset are ignored)")
 a = parse(p, batch=4)
 data = training_clips(a.out, a.clips, a.mp4)  # N,T,H,W,3
 # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
-two_level = {"spatial_factor": 4, "channel_mult": [1, 2], "latent_dim": 16} if a.refine >= 0 else {}
-model = VideoTokenizer.from_pretrained(a.init) if a.init and a.refine < 0 else VideoTokenizer(
-    TokenizerConfig.from_name(a.preset, **json.loads(a.model) | two_level))
+model = VideoTokenizer.from_pretrained(a.init) if a.init else VideoTokenizer(
+    TokenizerConfig.from_name(a.preset, **json.loads(a.model)))
 cfg = model.cfg
-if a.refine >= 0:  # saved and loaded as a plain state dict: the package's format knows one level
-    model.quantizer = TwoLevel(cfg, a.refine, a.select)
-    if a.init:
-        model.load_state_dict(torch.load(f"{a.init}/two_level.pt"))
-
-
-def forward(x: torch.Tensor):
-    """The model's (recon, ids, aux loss); with --refine, ids is None (two kinds of code)."""
-    if a.refine < 0:
-        return model(x)[:3]
-    return model.decoder(model.quantizer(model.encoder(x), x, model.decoder)), None, model.quantizer.aux
+forward = lambda x: model(x)[:3]  # (recon, ids, aux loss)
 # bf16 autocast where the CPU computes bf16 (AMX / AVX512-BF16); an AVX2-only CPU emulates it, ~50x slower
 bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16())
 nparam = sum(p.numel() for p in model.parameters())
@@ -84,8 +71,7 @@ def measure(minutes: float) -> None:
             with bf16():
                 rec, ids, _ = forward(v)
                 rec = rec.float()[0]
-            if ids is not None:
-                hist += torch.bincount(ids.flatten(), minlength=cfg.vocab_size)
+            hist += torch.bincount(ids.flatten(), minlength=cfg.vocab_size)
             pf = psnr_per_frame(rec[None], v)
             ps.append(float(pf.mean())); p0.append(float(pf[0]))
             obj, found = world["objects"][0], observe(rec, world["background"])
@@ -100,10 +86,7 @@ def measure(minutes: float) -> None:
            "shape_f0": float(np.mean(shp0)), "shape_frames": round(float(np.mean(shpf)), 3),
            "code_entropy_bits": round(ent, 2), "usage": float((hist > 0).float().mean())}
     report(row, a, "results.jsonl")
-    if a.save and a.refine >= 0:
-        os.makedirs(a.save, exist_ok=True)
-        torch.save(model.state_dict(), f"{a.save}/two_level.pt")
-    elif a.save:
+    if a.save:
         model.save_pretrained(a.save)
     model.load_state_dict(live)
     model.train()
