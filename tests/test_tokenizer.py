@@ -138,10 +138,10 @@ def test_two_level_codes():
         TokenizerConfig.from_name("debug", quantizer="vq", refine_rows=1)
 
 
-@pytest.mark.parametrize("latent_dim", [3, 4], ids=["no-projection", "projection"])
-def test_bf16_model_codes_and_decodes_in_bf16(latent_dim):
+@pytest.mark.parametrize("kw", [{"latent_dim": 3}, {"latent_dim": 4}, TWO], ids=["no-projection", "projection", "two-level"])
+def test_bf16_model_codes_and_decodes_in_bf16(kw):
     # FSQ with latent_dim == len(levels) has no projection weights to take the dtype from
-    m = make(latent_dim=latent_dim).to(torch.bfloat16)
+    m = make(**kw).to(torch.bfloat16)
     x = video(b=1, t=5, h=16, w=16).to(torch.bfloat16)
     rec = m.decode(m.encode(x))
     assert rec.dtype == torch.bfloat16 and rec.shape == x.shape and m(x)[0].dtype == torch.bfloat16

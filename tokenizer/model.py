@@ -265,8 +265,9 @@ class TwoLevel(nn.Module):
 
     def _cells(self, coarse: Tensor) -> tuple[Tensor, Tensor]:
         # coarse codes (N,n,h,w) -> the chosen cells (N,K) in raster order, and the scores (N,1,h,w)
-        with torch.autocast(coarse.device.type, enabled=False):  # fp32: the same cells from encode and decode
-            score = self.scorer(coarse.detach().float())
+        # the scorer's own dtype, never autocast's: encode and decode choose the same cells
+        with torch.autocast(coarse.device.type, enabled=False):
+            score = self.scorer(coarse.detach().to(self.scorer[0].weight.dtype)).float()
         k = self.rows * coarse.shape[-1] // 4
         return score.flatten(1).topk(k, dim=1).indices.sort(1).values, score
 
