@@ -46,7 +46,12 @@ def main(argv=None) -> int:
 
     from vidlm.runtime import run_training
 
-    return run_training(TrainConfig, lambda cfg, **kw: train(cfg, **kw)["last"], args)
+    def fit(cfg, **kw):
+        from vidlm.pretokenize import load_places  # two-level codes: where each code draws
+
+        return train(cfg, places=load_places(kw.get("data") or cfg.data.tokens), **kw)["last"]
+
+    return run_training(TrainConfig, fit, args)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ class LMConfig:
     init_std: float = 0.02
     """Std of the normal init of embeddings and linear layers (output projections scaled by
     1/sqrt(2 * n_layers))."""
+    next_query: bool = False
+    """Queries turn with the coordinates of the token they predict (keys with their own): the
+    model knows where it draws next even where the order does not say (two-level codes' fine
+    codes, placed by the coarse ones; sigma-GPT / RandAR's next-position conditioning)."""
     checkpointing: bool = False
     """Activation checkpointing of every block in training (less memory, ~30% more compute)."""
     attn_backend: str = "auto"

@@ -152,13 +152,18 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, docs: tuple, cache: KVCache | None, layer: int,
+    def forward(self, x: Tensor, rope: tuple, docs: tuple, cache: KVCache | None, layer: int,
                 pos: Tensor | None = None) -> Tensor:
+        # rope: (cos, sin) of every token's coordinates, then the queries' own (cos, sin) if they differ
         b, n, _ = x.shape  # (B,L,dim)
         hq, hkv = self.cfg.n_heads, self.cfg.kv_heads
         qkv = self.wqkv(x).view(b, n, hq + 2 * hkv, self.cfg.head_dim)
-        qk, v = apply_rope(qkv[:, :, : hq + hkv], cos, sin), qkv[:, :, hq + hkv :]
-        q, k = qk[:, :, :hq], qk[:, :, hq:]  # (B,L,Hq,D), (B,L,Hkv,D)
+        v = qkv[:, :, hq + hkv :]
+        if len(rope) == 2:
+            qk = apply_rope(qkv[:, :, : hq + hkv], *rope)
+            q, k = qk[:, :, :hq], qk[:, :, hq:]  # (B,L,Hq,D), (B,L,Hkv,D)
+        else:
+            q, k = apply_rope(qkv[:, :, :hq], *rope[2:]), apply_rope(qkv[:, :, hq : hq + hkv], *rope[:2])
         if pos is not None:  # static step: write at the positions `pos`, attend over the whole buffer
             cache.k[layer].index_copy_(1, pos, k.to(cache.k.dtype))
             cache.v[layer].index_copy_(1, pos, v.to(cache.v.dtype))
@@ -195,8 +200,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, docs, cache, layer, pos=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, docs, cache, layer, pos)
+    def forward(self, x, rope, docs, cache, layer, pos=None):
+        x = x + self.attn(self.attn_norm(x), rope, docs, cache, layer, pos)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -222,10 +227,23 @@ class VideoLM(nn.Module):
                     scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
                     nn.init.normal_(p, mean=0.0, std=std * scale)
 
+    def rope(self, coords: Tensor, next_coords: Tensor | None) -> tuple:
+        """(cos, sin) of coords (B,L,3); with cfg.next_query, then the queries' (cos, sin) at the
+        coordinates of the tokens they predict: next_coords (B,L,3), by default the next token's
+        in the row (the last one keeps its own), which is what a training row holds."""
+        rope = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D) each
+        if not self.cfg.next_query:
+            return rope
+        if next_coords is None:
+            next_coords = torch.cat([coords[:, 1:], coords[:, -1:]], 1)
+        return rope + rope_angles(next_coords, self.cfg.head_dim, self.cfg.rope_theta)
+
     def forward(self, ids: Tensor, coords: Tensor, *, cache: KVCache | None = None,
-                doc_ids: Tensor | None = None, last_only: bool = False, targets: Tensor | None = None) -> Tensor:
+                doc_ids: Tensor | None = None, last_only: bool = False, targets: Tensor | None = None,
+                next_coords: Tensor | None = None) -> Tensor:
         # ids (B,L), coords (B,L,3), doc_ids (B,L) or None -> logits (B,L,V), or (B,1,V) last_only;
-        # targets (B,L) (the next id where a position carries a loss, else -1) -> losses (N,) of those
+        # targets (B,L) (the next id where a position carries a loss, else -1) -> losses (N,) of those;
+        # next_coords (B,L,3): where each position's prediction goes (cfg.next_query; see `rope`)
         b, n = ids.shape
         if coords.shape != (b, n, 3):
             raise ValueError(f"coords must be (B,L,3) = {(b, n, 3)} for ids {tuple(ids.shape)}, got {tuple(coords.shape)}")
@@ -247,14 +265,14 @@ class VideoLM(nn.Module):
                 q_doc = k_doc = None
         elif n > self.cfg.max_seq_len:
             raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")
-        cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D)
+        rope = self.rope(coords, next_coords)
         docs = (q_doc, k_doc, layer_plan(q_doc, k_doc, backend), backend)  # once, all layers
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if ckpt:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, docs, None, i, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, docs, None, i, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, docs, cache, i)
+                x = layer(x, rope, docs, cache, i)
         if cache is not None:
             cache.length += n
         if targets is not None:
@@ -280,7 +298,7 @@ class VideoLM(nn.Module):
                  chunk(h[i : i + LOSS_CHUNK], t[i : i + LOSS_CHUNK]) for i in range(0, len(t), LOSS_CHUNK)]
         return torch.cat(parts) if parts else x.new_zeros(0, dtype=torch.float32)
 
-    def step(self, ids: Tensor, coords: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+    def step(self, ids: Tensor, coords: Tensor, pos: Tensor, cache: KVCache, next_coords: Tensor | None = None) -> Tensor:
         """Decode with static buffers (gpt-fast's): ids (B,n) at coords (B,n,3) are written at
         positions `pos` ((n,) long tensor, consecutive from cache.length) of the cache, in document
         0, and attend over the whole buffer under the mask doc == 0 and key position <= query's
@@ -289,11 +307,11 @@ class VideoLM(nn.Module):
         cache.doc.index_fill_(1, pos, 0)
         causal = torch.arange(cache.max_len, device=pos.device)[None, :] <= pos[:, None]  # (n,max_len)
         mask = (cache.doc == 0)[:, None, None, :] & causal[None, None]  # (B,1,n,max_len)
-        cos, sin = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)
+        rope = self.rope(coords, next_coords)
         x = self.tok_emb(ids)
         docs = (None, None, mask, "sdpa")  # flash's kv-cache kernel has no document mask
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, docs, cache, i, pos)
+            x = layer(x, rope, docs, cache, i, pos)
         return self.head(self.norm(x)).float()
 
     def compile_step(self, backend: str = "inductor", mode: str = "auto") -> VideoLM:

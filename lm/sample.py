@@ -129,20 +129,35 @@ def allocate_cache(model, batch_size: int, max_len: int):
     return KVCache.allocate(model.cfg, batch_size, max_len, device=param.device, dtype=param.dtype)
 
 
-def prefill(model, ids: Tensor, coords: Tensor, cache, doc_ids: Tensor | None = None) -> Tensor:
-    """Run the prompt ids (B,L) at coords (B,L,3) into the cache; logits of the last position (B,V)."""
-    return model(ids, coords, cache=cache, doc_ids=doc_ids, last_only=True)[:, -1]
+def _where_next(model, next_coords: Tensor | None) -> dict:
+    """The next_coords argument for models whose queries turn with them (LMConfig.next_query)."""
+    return {"next_coords": next_coords} if getattr(getattr(model, "cfg", None), "next_query", False) else {}
 
 
-def decode(model, ids: Tensor, coords: Tensor, cache, pos: Tensor) -> Tensor:
-    """Append ids (B,n) at coords (B,n,3), in document 0, at cache positions `pos` ((n,) long
-    tensor from cache.length); their logits (B,n,V). Models with a static step (`VideoLM.step`,
-    maybe compiled) take it: no host sync; others a cached forward."""
+def prefill(model, ids: Tensor, coords: Tensor, cache, doc_ids: Tensor | None = None,
+            next_coords: Tensor | None = None) -> Tensor:
+    """Run the prompt ids (B,L) at coords (B,L,3) into the cache; logits of the last position (B,V).
+    next_coords (B,L,3): where each position predicts (the first position to generate, last)."""
+    return model(ids, coords, cache=cache, doc_ids=doc_ids, last_only=True, **_where_next(model, next_coords))[:, -1]
+
+
+def decode(model, ids: Tensor, coords: Tensor, cache, pos: Tensor, next_coords: Tensor | None = None) -> Tensor:
+    """Append ids (B,n) at coords (B,n,3) (predicting at next_coords (B,n,3)), in document 0, at
+    cache positions `pos` ((n,) long tensor from cache.length); their logits (B,n,V). Models with
+    a static step (`VideoLM.step`, maybe compiled) take it: no host sync; others a cached forward."""
+    where = _where_next(model, next_coords)
     if not hasattr(model, "step"):
-        return model(ids, coords, cache=cache)
-    logits = model.step(ids, coords, pos, cache)
+        return model(ids, coords, cache=cache, **where)
+    logits = model.step(ids, coords, pos, cache, **where)
     cache.length += ids.shape[1]
     return logits
+
+
+def _after(gen: Tensor, a: int, b: int) -> Tensor:
+    """The coordinates each of generated positions a..b-1 predicts at: gen (R,N,3)[a+1 .. b],
+    the last position's own past the end."""
+    out = gen[:, a + 1 : b + 1]
+    return out if out.shape[1] == b - a else torch.cat([out, gen[:, -1:].expand(-1, b - a - out.shape[1], -1)], 1)
 
 
 def sample_logits(
@@ -301,6 +316,9 @@ def stream(
       draft, "off" never. "first" is the faster order at temperature 0 and 1 alike in `vidlm
       bench lm --model shapes-demo` (its draft_order; see the README's results).
     stats: a dict to count into: forwards, and per draft kind proposed / accepted.
+    Prompts with a `place` hook (codes placed by earlier ones, vidlm.lm.tasks) get their true
+    coordinates as they are sampled; they decode without drafts (a draft block would run ahead
+    of the coordinates it needs).
     """
     if jacobi not in ("first", "fallback", "off"):
         raise ValueError(f"jacobi must be 'first', 'fallback' or 'off', got {jacobi!r}")
@@ -318,6 +336,19 @@ def stream(
     if n > len(gen_coords[0]):
         raise ValueError(f"max_new_tokens={n} but the prompt has only {len(gen_coords[0])} gen_coords")
     gen = torch.stack(gen_coords).to(device).repeat(len(groups), 1, 1)  # (R,N,3)
+    hooks = [getattr(p, "place", None) for p in prompts]
+    sampled: list[Tensor] = []
+
+    def placed(i: int, token: Tensor) -> None:  # after position i: the coordinates it decides
+        if not any(hooks):
+            return
+        sampled.append(token.cpu())
+        so_far = torch.stack(sampled, 1)  # (B, i+1)
+        for b, hook in enumerate(hooks):
+            new = hook(i, so_far[b]) if hook is not None else None
+            if new is not None:
+                m = min(len(new), n - i - 1)
+                gen[b::batch, i + 1 : i + 1 + m] = new[:m].to(device)
 
     ids, coords, doc_ids = (t.to(device) for t in pad_prompts(rows))  # (R,P), (R,P,3), (R,P)
     prompt_len = ids.shape[1]
@@ -346,7 +377,9 @@ def stream(
 
     if not use_cache:
         for i in range(n):
-            token = pick(model(ids, coords, doc_ids=doc_ids, last_only=True)[:, -1], i)
+            where = _where_next(model, torch.cat([coords[:, 1:], gen[:, i : i + 1]], 1))
+            token = pick(model(ids, coords, doc_ids=doc_ids, last_only=True, **where)[:, -1], i)
+            placed(i, token)
             yield token
             ids = torch.cat([ids, token.repeat(len(groups))[:, None]], 1)
             coords = torch.cat([coords, gen[:, i : i + 1]], 1)
@@ -355,10 +388,11 @@ def stream(
 
     if cache is None:
         cache = allocate_cache(model, len(rows), min(window or prompt_len + n, prompt_len + n))
-    token = pick(prefill(model, ids, coords, cache, doc_ids), 0)
+    token = pick(prefill(model, ids, coords, cache, doc_ids, torch.cat([coords[:, 1:], gen[:, :1]], 1)), 0)
     sink = cache.length  # the prompt (after whatever the cache held before it)
+    placed(0, token)
     yield token
-    if draft > 0 and batch == 1:
+    if draft > 0 and batch == 1 and not any(hooks):
         options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         yield from _speculate(model, prompts[0], token, gen, cache, n, draft=draft, legal=legal, weights=weights,
                               options=options, noise=noise, window=window, keep=keep, period=period,
@@ -369,9 +403,11 @@ def stream(
         if window is not None and cache.length >= window:
             cache.keep_last(keep + (i - 1) % period, sink)  # i - 1 generated tokens were cached
             pos.fill_(cache.length)
-        logits = decode(model, token.repeat(len(groups))[:, None], gen[:, i - 1 : i], cache, pos)[:, -1]
+        logits = decode(model, token.repeat(len(groups))[:, None], gen[:, i - 1 : i], cache, pos,
+                        gen[:, i : i + 1])[:, -1]
         pos += 1
         token = pick(logits, i)
+        placed(i, token)
         yield token
 
 
@@ -433,7 +469,8 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
             width = draft + 1
             ids = torch.cat([block, block[-1:].expand(width - len(block))])
         pos = torch.arange(start, start + width, device=gen.device)
-        logits = decode(model, ids.repeat(rows, 1), gen[:, i - 1 : i - 1 + width], cache, pos)[:, : len(block)]
+        logits = decode(model, ids.repeat(rows, 1), gen[:, i - 1 : i - 1 + width], cache, pos,
+                        _after(gen, i - 1, i - 1 + width))[:, : len(block)]
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
         counts["forwards"] += 1
         # Each row's token as plain decoding would sample it there (same noise), given the drafts

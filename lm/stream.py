@@ -8,6 +8,8 @@ the order that packs its rows tightly (`pack_order`), and sequence n is the n-th
 orders. The run's data position is one integer per rank (the next sequence), so resuming from
 `latest` reproduces the uninterrupted run's losses exactly.
 Grid sizes come from each clip's own codes (its bucket): one model sees every size and duration.
+Coordinates: given `places` (two-level codes: vidlm.pretokenize.load_places reads them from the
+tokenizer a token folder holds), every code sits where it draws (vidlm.lm.tasks), else on the grid.
 Validation: the last `data.val_clips` clips (held out from training), every task, no drops.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import torch
 from vidlm.lm.config import DataConfig, TrainConfig
-from vidlm.lm.tasks import TASKS, draw_task, render_train
+from vidlm.lm.tasks import TASKS, Places, draw_task, render_train
 from vidlm.lm.tokendata import Rows, TokenClip, TokenStore, pack, pack_order
 from vidlm.lm.vocab import Vocab
 
@@ -39,11 +41,11 @@ class TaskStream:
     """Sequence n of a rank, as a pure function of (seed, rank, n): see the module doc."""
 
     def __init__(self, clips: list[TokenClip], vocab: Vocab, cfg: DataConfig, *, seed: int, rank: int,
-                 world: int, row_len: int):
+                 world: int, row_len: int, places: Places | None = None):
         if len(clips) < world:
             raise ValueError(f"{len(clips)} training clips for {world} ranks; need at least one per rank")
         self.clips, self.vocab, self.cfg = clips, vocab, cfg
-        self.seed, self.rank, self.world, self.row_len = seed, rank, world, row_len
+        self.seed, self.rank, self.world, self.row_len, self.places = seed, rank, world, row_len, places
         self.per_rank = len(clips) // world
         self.names = list(cfg.tasks)
         self.weights = torch.tensor([cfg.tasks[t] for t in self.names], dtype=torch.float64)
@@ -73,19 +75,19 @@ class TaskStream:
         task = self.names[int(torch.multinomial(self.weights, 1, generator=g))]
         drop_text, drop_known = (torch.rand(2, generator=g) < torch.tensor(
             [self.cfg.p_drop_text, self.cfg.p_drop_known], dtype=torch.float32)).tolist()
-        return make_sequence(task, clip, self.vocab, g, drop_text, drop_known, self.row_len)
+        return make_sequence(task, clip, self.vocab, g, drop_text, drop_known, self.row_len, self.places)
 
 
 def make_sequence(task: str, clip: TokenClip, vocab: Vocab, g: torch.Generator, drop_text: bool,
-                  drop_known: bool, row_len: int):
+                  drop_known: bool, row_len: int, places: Places | None = None):
     drawn = draw_task(task, clip.codes, clip.tails, clip.structure, g)
     if drawn is None:
         task, drawn = "t2v", (clip.codes, [])
     grid, known = drawn
     seq = render_train(task, vocab, codes=grid, text=clip.text, known=known, drop_text=drop_text,
-                       drop_known=drop_known)
+                       drop_known=drop_known, places=places)
     if len(seq.ids) > row_len and task != "t2v":
-        return make_sequence("t2v", clip, vocab, g, drop_text, drop_known, row_len)
+        return make_sequence("t2v", clip, vocab, g, drop_text, drop_known, row_len, places)
     if len(seq.ids) > row_len:
         raise ValueError(f"clip {clip.key} ({tuple(clip.codes.shape)} codes) makes a {len(seq.ids)}-token t2v "
                          f"sequence, longer than rows of {row_len}: raise seq_len or tokenize smaller buckets")
@@ -120,7 +122,7 @@ def unigram_entropy(clips: list[TokenClip], code_size: int) -> float:
 
 
 @torch.no_grad()
-def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig) -> list[dict]:
+def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig, places: Places | None = None) -> list[dict]:
     """Every task of every held-out clip, no drops, packed into micro batches."""
     stream = []
     for i, clip in enumerate(clips):
@@ -128,7 +130,7 @@ def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig) -> lis
             g = torch.Generator().manual_seed(rt.derive_seed(cfg.seed, i, task, "val"))
             if draw_task(task, clip.codes, clip.tails, clip.structure, torch.Generator().manual_seed(0)) is None:
                 continue
-            stream.append(make_sequence(task, clip, vocab, g, False, False, cfg.row_len))
+            stream.append(make_sequence(task, clip, vocab, g, False, False, cfg.row_len, places))
     batches, n = [], 0
     while n < len(stream):
         batch, n = micro_batch(lambda k: stream[k] if k < len(stream) else None, n, cfg.micro_batch_size,

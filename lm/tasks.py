@@ -7,8 +7,12 @@ Interface (what the sampler and the pipeline rely on):
   exactly the training twin (dropping known keeps the frames to generate the same; passing
   known=[] instead generates every frame and shifts the <gen> marker). Video coordinates do not
   depend on the text, so every variant generates at the same gen_coords.
-- Video coordinates are the plain grid coordinates (t, y, x) of the latent clip; the prefix sits
-  on the diagonal at negative positions, so generated codes go straight to their grid place.
+- Video coordinates are the plain grid coordinates (t, y, x) of the latent clip, or, given
+  `places` (the video tokenizer's `code_places`), where each code draws: two-level codes' fine
+  rows sit at the cells their frame's coarse codes choose. The prefix sits on the diagonal at
+  negative positions, so generated codes go straight to their place. A prompt's gen_coords
+  for codes placed by earlier ones are provisional: `Prompt.place` tells the sampler the true
+  ones as it samples.
 - `loop` with known=[(0, head)] places a copy of the head right after the end (t .. t+k-1).
   A text-only loop (known=[]) is just a clip with the loop token: make a head first (t2v/t2i),
   then loop it, if the seam must close.
@@ -51,6 +55,7 @@ the clip's first codes (causal tokenizer); a tail's come from pre-tokenization (
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,11 +81,18 @@ class Sequence:
     loss_mask: Tensor  # (L,) bool: True at the generated codes (the targets)
 
 
+Places = Callable[[Tensor], Tensor]
+"""codes (tk,h,w) -> (tk,h,w,2): the (y, x) where each code draws (VideoTokenizer.code_places)."""
+
+
 @dataclass(frozen=True)
 class Prompt:  # not a tuple: the sampler tells one prompt from a list of prompts
     ids: Tensor  # (L,) int64
     coords: Tensor  # (L,3) int64
     gen_coords: Tensor  # (N,3) int64: the coordinates still to generate, in generation order
+    place: Callable[[int, Tensor], Tensor | None] | None = None
+    """place(i, ids (i+1,) sampled so far) -> the true coordinates (m,3) of positions i+1..i+m,
+    or None where they stand: for codes whose place follows from earlier ones (None: all known)."""
 
 
 def structure_view(video: Tensor, factor: int = 2) -> Tensor:
@@ -103,10 +115,35 @@ def structure_view(video: Tensor, factor: int = 2) -> Tensor:
     return out if video.dim() == 5 else out[0]
 
 
-def _raster(t0: int, t1: int, h: int, w: int) -> Tensor:
-    """Coordinates (n,3) of frames t0..t1-1 in raster order (t, y, x)."""
-    t, y, x = torch.meshgrid(torch.arange(t0, t1), torch.arange(h), torch.arange(w), indexing="ij")
-    return torch.stack([t, y, x], -1).reshape(-1, 3)
+def _coords(times, codes: Tensor, places: Places | None) -> Tensor:
+    """Coordinates (n,3) of codes (tk,h,w) of the latent frames `times` (tk of them) in raster
+    order: (t, y, x) on the grid, or (t, where each code draws) given `places`."""
+    tk, h, w = codes.shape
+    if places is None:
+        y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        yx = torch.stack([y, x], -1).expand(tk, h, w, 2)
+    else:
+        yx = places(codes).cpu().long()
+    t = torch.as_tensor(list(times))[:, None, None, None].expand(tk, h, w, 1)
+    return torch.cat([t, yx], -1).reshape(-1, 3)
+
+
+def _placer(vocab: Vocab, gen_t: list[int], h: int, w: int, places: Places) -> Callable:
+    """Prompt.place for `places`: at the end of each row, the rest of the frame's coordinates from
+    the codes sampled so far (a code's place depends only on whole rows before it). Frames past
+    gen_t (`long` goes on past its window) follow the last one."""
+    frame = h * w
+
+    def place(i: int, ids: Tensor) -> Tensor | None:
+        f, r = divmod(i + 1, frame)
+        if (i + 1) % w or r == 0:
+            return None
+        codes = torch.zeros(frame, dtype=torch.long)
+        codes[:r] = vocab.ids_to_codes(torch.as_tensor(ids[f * frame : i + 1]).cpu())
+        t = gen_t[f] if f < len(gen_t) else gen_t[-1] + f - len(gen_t) + 1
+        return _coords([t], codes.view(1, h, w), places)[r:]
+
+    return place
 
 
 def _diag(p: int) -> list[int]:
@@ -153,7 +190,7 @@ def open_frames(task: str, grid, known) -> list[int]:
     return frames
 
 
-def _layout(task: str, vocab: Vocab, grid, text, known, drop_text: bool, drop_known: bool):
+def _layout(task: str, vocab: Vocab, grid, text, known, drop_text: bool, drop_known: bool, places, clip=None):
     """(ids, coords) of everything before the generated codes, and the gen coordinates (N,3)."""
     t, h, w = (int(v) for v in grid)
     segments = _known(task, (t, h, w), known)
@@ -167,27 +204,30 @@ def _layout(task: str, vocab: Vocab, grid, text, known, drop_text: bool, drop_kn
     for start, codes in ([] if drop_known else segments):
         s = 0 if start is None else start
         ids_t += [torch.tensor([vocab.special("<known>")]), vocab.codes_to_ids(codes).reshape(-1)]
-        coords_t += [torch.tensor([_diag(s - 1)]), _raster(s, s + codes.shape[0], h, w)]
+        coords_t += [torch.tensor([_diag(s - 1)]), _coords(range(s, s + codes.shape[0]), codes, places)]
     ids_t.append(torch.tensor([vocab.special("<gen>")]))
     coords_t.append(torch.tensor([_diag(gen_t[0] - 1)]))
-    gen = torch.cat([_raster(f, f + 1, h, w) for f in gen_t])
+    # the codes to generate: known in training; at inference zeros, whose places are provisional
+    gen = _coords(gen_t, torch.zeros(len(gen_t), h, w, dtype=torch.long) if clip is None else clip[gen_t], places)
     return torch.cat(ids_t), torch.cat(coords_t), gen, gen_t
 
 
 def render_prompt(task: str, vocab: Vocab, *, grid, text=None, known=(), drop_text: bool = False,
-                  drop_known: bool = False) -> Prompt:
-    """The inference twin of render_train: the prompt up to <gen>, and the coordinates to generate."""
-    ids, coords, gen, _ = _layout(task, vocab, grid, text, known, drop_text, drop_known)
-    return Prompt(ids, coords, gen)
+                  drop_known: bool = False, places: Places | None = None) -> Prompt:
+    """The inference twin of render_train: the prompt up to <gen>, and the coordinates to generate
+    (given `places`, with the `place` hook that makes them true as the codes come)."""
+    ids, coords, gen, gen_t = _layout(task, vocab, grid, text, known, drop_text, drop_known, places)
+    _, h, w = (int(v) for v in grid)
+    return Prompt(ids, coords, gen, None if places is None else _placer(vocab, gen_t, h, w, places))
 
 
 def render_train(task: str, vocab: Vocab, *, codes: Tensor, text=None, known=(), drop_text: bool = False,
-                 drop_known: bool = False) -> Sequence:
+                 drop_known: bool = False, places: Places | None = None) -> Sequence:
     """One training sequence: codes (t,h,w) is the clip on the task's grid (known frames included;
-    only the open frames become targets); text / known / drops as in render_prompt."""
+    only the open frames become targets); text / known / drops / places as in render_prompt."""
     codes = torch.as_tensor(codes, dtype=torch.long)
     t, h, w = codes.shape
-    ids, coords, gen, gen_t = _layout(task, vocab, (t, h, w), text, known, drop_text, drop_known)
+    ids, coords, gen, gen_t = _layout(task, vocab, (t, h, w), text, known, drop_text, drop_known, places, codes)
     target = vocab.codes_to_ids(codes[gen_t]).reshape(-1)
     ids = torch.cat([ids, target, torch.tensor([vocab.eos])])
     coords = torch.cat([coords, gen, torch.tensor([_diag(t)])])

@@ -10,6 +10,7 @@ Layout of a token folder:
         {key}.json              {"caption", "bucket": [w, h, frames], "source": ...}
     DIR/vocab.json              the LM vocabulary these ids fit (vidlm.lm.vocab.Vocab)
     DIR/info.json               tokenizer, text model, counts (written / skipped by reason)
+    DIR/tokenizer/              two-level codes only: the tokenizer that placed the fine codes
 
 Nothing is unpickled: tensors are safetensors, metadata JSON.
 

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 from vidlm.lm.config import LMConfig, TrainConfig
-from vidlm.lm.stream import TaskStream, load_data, micro_batch, unigram_entropy, val_sequences
+from vidlm.lm.stream import (
+    TaskStream,
+    load_data,
+    micro_batch,
+    unigram_entropy,
+    val_sequences,
+)
 from vidlm.lm.tasks import TASKS
 from vidlm.lm.vocab import Vocab
 
@@ -139,8 +145,9 @@ def write_run_info(run: Path, cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) 
 
 # ----------------------------------------------------------------------------- the loop
 def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = None, deepspeed: str | None = None,
-         local_rank: int | None = None, stop_at: int | None = None) -> dict:
-    """Train (or resume) an LM run. Returns {"losses": [per-step mean training loss on this rank],
+         local_rank: int | None = None, stop_at: int | None = None, places=None) -> dict:
+    """Train (or resume) an LM run; `places` as in vidlm.lm.tasks (two-level codes: `vidlm lm train`
+    reads them from the token folder). Returns {"losses": [per-step mean training loss on this rank],
     "first_step": step the run (re)started at, "last": last logged scalars, "params_held":
     parameter elements this rank holds (all of them but under ZeRO-3)}."""
     dist = rt.init_distributed(local_rank)
@@ -161,8 +168,8 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
         guard.load_state_dict(client["guard"])
     first_step = step
     stream = TaskStream(train_clips, vocab, cfg.data, seed=cfg.seed, rank=dist.rank, world=dist.world_size,
-                        row_len=cfg.row_len)
-    val_batches = val_sequences(val_clips, vocab, cfg)
+                        row_len=cfg.row_len, places=places)
+    val_batches = val_sequences(val_clips, vocab, cfg, places)
     entropy = unigram_entropy(train_clips, vocab.code_size)
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     logger = rt.RunLogger(run, cfg.steps, dist, start_step=step, desc="lm", postfix_keys=("loss", "val/loss", "tokens_per_s"))

@@ -57,6 +57,29 @@ def test_tokenize_writes_what_the_tasks_need(folders, capsys):
         assert torch.equal(tok.encode(structure_view(video))[0], c.structure)
 
 
+def test_two_level_tokens_carry_their_tokenizer_and_train_on_its_places(folders):
+    """A two-level tokenizer's token folder holds a copy of it: LM training reads where each fine
+    code draws from it (vidlm.pretokenize.load_places); plain folders keep plain grid coordinates."""
+    from vidlm.lm.stream import make_sequence
+    from vidlm.tokenizer.config import TokenizerConfig
+    from vidlm.tokenizer.model import VideoTokenizer
+
+    from vidlm.pretokenize import load_places
+
+    root, _ = folders
+    tok = VideoTokenizer(TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2))
+    tok.save_pretrained(root / "two-level")
+    out = root / "tokens-two-level"
+    assert main(["--tokenizer", str(root / "two-level"), "--shards", str(root / "shards"), "--out", str(out),
+                 "--frames", "9", "--area", "1024", "--max-clips", "2"]) == 0
+    places, clip = load_places(out), read_clips(out)[0]
+    assert clip.codes.shape == (3, 6, 4) and load_places(root / "tokens") is None
+    seq, _ = make_sequence("t2v", clip, Vocab.from_pretrained(out), torch.Generator(), True, False, 512, places)
+    yx = torch.cat([torch.cat([torch.full((24, 1), f), tok.code_places(clip.codes[f]).reshape(24, 2)], 1)
+                    for f in range(3)])
+    assert torch.equal(seq.coords[seq.loss_mask], yx)
+
+
 def test_tokenize_batch_skips_tails_as_long_as_the_clip():
     from vidlm.tokenizer.config import TokenizerConfig
     from vidlm.tokenizer.model import VideoTokenizer

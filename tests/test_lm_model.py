@@ -339,3 +339,16 @@ def test_target_losses_equal_full_logits(monkeypatch):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     for p, g in zip(m.parameters(), ref_grads):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
+def test_next_query_turns_queries_to_the_predicted_place():
+    """next_query: queries take the coordinates of the token each position predicts (by default
+    the next in the row); without it next_coords changes nothing."""
+    torch.manual_seed(0)
+    ids, coords = torch.randint(64, (1, 12)), torch.randint(-4, 8, (1, 12, 3))
+    shifted = torch.cat([coords[:, 1:], coords[:, -1:]], 1)
+    m = VideoLM(LMConfig.from_name("debug", vocab_size=64, next_query=True)).eval()
+    torch.testing.assert_close(m(ids, coords), m(ids, coords, next_coords=shifted))
+    assert not torch.allclose(m(ids, coords), m(ids, coords, next_coords=coords))
+    plain = VideoLM(LMConfig.from_name("debug", vocab_size=64)).eval()
+    torch.testing.assert_close(plain(ids, coords), plain(ids, coords, next_coords=coords))

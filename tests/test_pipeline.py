@@ -22,7 +22,7 @@ def gen(request):
     # two-level codes (refine_rows): at 16x16, a 2x2 grid of 8x8-pixel codes and two rows: the 2x2 fine codes of one cell
     tok = request.param if request.param == "debug" else TokenizerConfig.from_name(
         "debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2)
-    return VideoGenerator.random("debug", tokenizer=tok)
+    return VideoGenerator.random("debug", tokenizer=tok, next_query=request.param == "two-level")
 
 
 def clip(frames, seed=0, size=SIZE):
@@ -73,7 +73,7 @@ def test_long_slides_past_the_context_without_rereading(gen, monkeypatch):
     fed = []  # tokens per pass: the prefill (forward), then the decode steps (step)
     hook = gen.lm.register_forward_hook(lambda m, args, kw, out: fed.append(args[0].shape[1]), with_kwargs=True)
     step = gen.lm.step
-    monkeypatch.setattr(gen.lm, "step", lambda ids, *rest: fed.append(ids.shape[1]) or step(ids, *rest))
+    monkeypatch.setattr(gen.lm, "step", lambda ids, *rest, **kw: fed.append(ids.shape[1]) or step(ids, *rest, **kw))
     try:
         video, codes = gen.long("a red circle", seconds=seconds, fps=8.0, size=SIZE, seed=0, speculative=0)
     finally:

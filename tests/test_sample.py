@@ -229,3 +229,34 @@ def test_debug_videolm_context_error(debug_lm):
     with pytest.raises(ContextError, match="holds 512"):
         generate(debug_lm, make_prompt(500, 13), legal=(32, 64))
 
+
+
+def test_placed_codes_sample_where_training_puts_them():
+    """Two-level codes and next_query: fine codes sit where their frame's coarse codes place them
+    (the prompt's place hook), so greedy sampling picks exactly what a training forward of the
+    sampled codes predicts, token by token, cached or not."""
+    from vidlm.lm.config import LMConfig
+    from vidlm.lm.model import VideoLM
+    from vidlm.lm.tasks import render_prompt, render_train
+    from vidlm.lm.vocab import Vocab
+    from vidlm.tokenizer.config import TokenizerConfig
+    from vidlm.tokenizer.model import VideoTokenizer
+
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8,
+                                                   refine_rows=2)).eval()
+    vocab = Vocab(text_size=8, code_size=tok.codebook_size)
+    lm = VideoLM(LMConfig.from_name("debug", vocab_size=vocab.size, next_query=True)).eval()
+    head = torch.randint(tok.codebook_size, (1, 6, 4))  # 32x32: 4x4 coarse codes + 2 rows of fine codes
+    prompt = render_prompt("extend-forward", vocab, grid=(3, 6, 4), known=[(0, head)], places=tok.code_places)
+    new = generate(lm, prompt, legal=vocab.code_range, temperature=0)
+    assert torch.equal(new, generate(lm, prompt, legal=vocab.code_range, temperature=0, use_cache=False))
+    codes = torch.cat([head, vocab.ids_to_codes(new[0]).view(2, 6, 4)])
+    seq = render_train("extend-forward", vocab, codes=codes, known=[(0, head)], places=tok.code_places)
+    gen = seq.coords[seq.loss_mask]
+    assert torch.equal(gen[:16, 1:], prompt.gen_coords[:16, 1:])  # coarse codes: known places
+    assert torch.equal(gen[16:24], torch.cat([torch.full((8, 1), 1), tok.code_places(codes[1])[4:].reshape(8, 2)], 1))
+    logits = lm(seq.ids[None], seq.coords[None])[0]
+    lo, hi = vocab.code_range
+    before = torch.nonzero(seq.loss_mask)[:, 0] - 1  # position i - 1 predicts token i
+    assert torch.equal(logits[before, lo:hi].argmax(-1) + lo, new[0])

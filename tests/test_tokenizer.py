@@ -130,6 +130,17 @@ def test_two_level_codes():
     assert rec.shape == x.shape and ids_t.shape == ids.shape and aux > 0
     (aux + m(x[:, :, :1])[2]).backward()  # and on images (one frame)
     assert m.quantizer.scorer[0].weight.grad.abs().sum() > 0
+    # where each code draws (the LM's coordinates): coarse codes at their cells' centres, fine
+    # codes at the half cells of the cells the coarse codes choose, in quarter cells
+    places = m.code_places(ids[0])
+    assert places.shape == (3, 6, 4, 2)
+    assert places[0, :4, :, 0].tolist() == [[2] * 4, [6] * 4, [10] * 4, [14] * 4]
+    assert places[0, :4, 1, 1].tolist() == [6] * 4
+    for f in range(3):
+        cell = m.quantizer._cells(m.quantizer.coarse_q.embed(ids[:1, f : f + 1, :4], torch.float32)[:, :, 0])[0][0]
+        y, x1 = divmod(int(cell[1]), 4)  # the second cell fills the second fine row's last 2 codes...
+        assert places[f, 5, 0].tolist() == [4 * y + 1, 4 * x1 + 1] and places[f, 5, 3].tolist() == [4 * y + 3, 4 * x1 + 3]
+    assert torch.equal(make().code_places(torch.zeros(2, 3, 4, dtype=torch.long))[1, 2, 3], torch.tensor([2, 3]))
     with pytest.raises(ValueError, match="multiple of 16 pixels"):
         m.latent_shape(1, 32, 8)  # one coarse column: rows of 1 code cannot hold cells of 4
     with pytest.raises(ValueError, match="whole cells"):

@@ -302,12 +302,27 @@ class TwoLevel(nn.Module):
         ids = torch.cat([cids, kept.reshape(cids.shape[0], self.rows, -1)], 1)
         return self._latent(coarse, fine, cells, t), rearrange(ids, "(b t) h w -> b t h w", t=t), aux
 
+    def _coarse_cells(self, flat: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # ids (N,h+r,w) -> the coarse codes (N,n,h,w) and the chosen cells (N,K)
+        coarse = self.coarse_q.embed(flat[:, None, : flat.shape[1] - self.rows], dtype)[:, :, 0]
+        return coarse, self._cells(coarse)[0]
+
+    def places(self, ids: Tensor) -> Tensor:
+        """ids (N,h+r,w) -> where each code draws, (N,h+r,w,2) (y, x) in quarter cells: a coarse
+        code at its cell's centre (4y+2, 4x+2), a fine code at its half cell's (4y+2p+1, 4x+2q+1)."""
+        h, w = ids.shape[1] - self.rows, ids.shape[2]
+        _, cells = self._coarse_cells(ids, self.coarse_out[0].weight.dtype)
+        y, x = torch.meshgrid(torch.arange(h, device=ids.device), torch.arange(w, device=ids.device), indexing="ij")
+        coarse = torch.stack([4 * y + 2, 4 * x + 2], -1).expand(ids.shape[0], h, w, 2)
+        p, q = torch.tensor([1, 1, 3, 3], device=ids.device), torch.tensor([1, 3, 1, 3], device=ids.device)
+        fine = torch.stack([4 * (cells // w)[..., None] + p, 4 * (cells % w)[..., None] + q], -1)  # (N,K,4,2)
+        return torch.cat([coarse, fine.reshape(ids.shape[0], self.rows, w, 2)], 1)
+
     def embed(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
         # ids (B,t,h+r,w) -> zq (B,d,t,2h,2w) in the model's dtype
         t, h, w = ids.shape[1], ids.shape[2] - self.rows, ids.shape[3]
         flat = rearrange(ids, "b t h w -> (b t) h w")
-        coarse = self.coarse_q.embed(flat[:, None, :h], dtype)[:, :, 0]
-        cells, _ = self._cells(coarse)
+        coarse, cells = self._coarse_cells(flat, dtype)
         fids = torch.zeros(flat.shape[0], h * w, 4, dtype=flat.dtype, device=flat.device)
         fids.scatter_(1, cells[..., None].expand(-1, -1, 4), flat[:, h:].reshape(flat.shape[0], -1, 4))
         fids = rearrange(fids, "n (h w) (p q) -> n 1 (h p) (w q)", h=h, p=2)
@@ -345,11 +360,27 @@ class VideoTokenizer(nn.Module):
         if height % sf or width % sf or height < sf or width < sf:
             raise ValueError(f"video is {width}x{height}; width and height must be positive multiples "
                              f"of {sf} (resize or crop it, e.g. with vidlm.data.buckets.resize_crop)")
-        r = self.cfg.refine_rows
-        if r * (width // sf) % 4:
-            raise ValueError(f"video is {width}x{height}; with refine_rows={r} the width must be a multiple of "
-                             f"{sf * 4 // math.gcd(r, 4)} pixels (the fine codes fill whole rows)")
-        return 1 + (frames - 1) // tf, height // sf + r, width // sf
+        self._check_cells(width // sf, f"video is {width}x{height}")
+        return 1 + (frames - 1) // tf, height // sf + self.cfg.refine_rows, width // sf
+
+    def _check_cells(self, w: int, what: str) -> None:
+        r, sf = self.cfg.refine_rows, self.cfg.spatial_factor
+        if r * w % 4:
+            raise ValueError(f"{what}: with refine_rows={r}, rows of {w} codes do not hold whole cells of 4 fine "
+                             f"codes; the width must be a multiple of {sf * 4 // math.gcd(r, 4)} pixels")
+
+    @torch.no_grad()
+    def code_places(self, ids: Tensor) -> Tensor:
+        """Where each code of ids (..., h, w) draws: (..., h, w, 2) (y, x). Plain codes: their grid
+        place; two-level codes: quarter cells (`TwoLevel.places`), the fine codes at the cells the
+        coarse codes choose. The LM gives every code these coordinates (vidlm.lm.tasks)."""
+        self._check_ids(ids.reshape(-1, 1, *ids.shape[-2:]))
+        if not self.cfg.refine_rows:
+            h, w = ids.shape[-2:]
+            y, x = torch.meshgrid(torch.arange(h, device=ids.device), torch.arange(w, device=ids.device), indexing="ij")
+            return torch.stack([y, x], -1).expand(*ids.shape, 2)
+        flat = ids.reshape(-1, *ids.shape[-2:])
+        return self.quantizer.places(flat).reshape(*ids.shape, 2)
 
     def frame_size(self, h: int, w: int) -> tuple[int, int]:
         """The inverse of latent_shape in space: a grid (h, w) -> (H, W) pixels."""
@@ -363,9 +394,7 @@ class VideoTokenizer(nn.Module):
     def _check_ids(self, ids: Tensor) -> None:
         if ids.dim() != 4 or ids.dtype.is_floating_point or ids.shape[2] <= self.cfg.refine_rows:
             raise ValueError(f"expected integer ids (B,t,h,w), got {ids.dtype} {tuple(ids.shape)}")
-        if self.cfg.refine_rows and self.cfg.refine_rows * ids.shape[3] % 4:
-            raise ValueError(f"ids {tuple(ids.shape)}: with refine_rows={self.cfg.refine_rows}, rows of "
-                             f"{ids.shape[3]} codes do not hold whole cells of 4 fine codes")
+        self._check_cells(ids.shape[3], f"ids {tuple(ids.shape)}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
             raise ValueError(f"ids must be in [0, {self.codebook_size}), got [{int(ids.min())}, {int(ids.max())}]")
 

@@ -15,6 +15,7 @@ unchanged in the returned grid.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -24,6 +25,7 @@ from torch import Tensor
 from vidlm.config import resolve_weights
 from vidlm.data.refine import refine_shapes
 from vidlm.lm.sample import CFG, ContextError, stream
+from vidlm.lm.tasks import open_frames
 from vidlm.logging import progress_bar
 
 if TYPE_CHECKING:
@@ -56,13 +58,6 @@ def seam_score(video: Tensor) -> float:
     return float(seam / steps.clamp_min(1e-8))
 
 
-def place(grid: Tensor, coords: Tensor, codes: Tensor) -> None:
-    """Write generated codes (N,) at their coordinates (N,3) into grid (t,h,w), in place (video
-    coordinates are the clip's own latent grid coordinates, `vidlm.lm.tasks`)."""
-    coords = coords.to(grid.device)
-    grid[coords[:, 0], coords[:, 1], coords[:, 2]] = codes.to(grid.device)
-
-
 class VideoGenerator:
     """Video tokenizer + text tokenizer + VideoLM + Vocab, with one method per task.
 
@@ -91,6 +86,8 @@ class VideoGenerator:
             self.lm.compile_step()
         self.vocab = vocab
         self.time_factor, self.space_factor = tokenizer.factors
+        # two-level codes: fine codes sit where the coarse ones place them (vidlm.lm.tasks)
+        self.places = self.tokenizer.code_places if self.tokenizer.cfg.refine_rows else None
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -188,7 +185,8 @@ class VideoGenerator:
         from vidlm.lm.tasks import render_prompt
 
         text_ids = self.text_tokenizer.encode(text) if text else None
-        render = lambda **drop: render_prompt(task, self.vocab, grid=grid, text=text_ids, known=known, **drop)
+        render = lambda **drop: render_prompt(task, self.vocab, grid=grid, text=text_ids, known=known,
+                                              places=self.places, **drop)
         cond = render()
         no_text = render(drop_text=True) if text_ids else cond
         bare = render(drop_text=True, drop_known=True) if known else no_text
@@ -219,9 +217,9 @@ class VideoGenerator:
 
     def _sample(self, task: str, grid, text, known, *, seed=0, temperature=1.0, top_k=None,
                 top_p=None, cfg_text=1.0, cfg_visual=1.0, progress=False, window=None, keep=None,
-                period=1, prompt=None, speculative=SPECULATIVE, jacobi="first") -> tuple[Tensor, Tensor]:
-        """Sample the codes a task leaves open: (gen_coords (N,3), codes (N,)). The sampling
-        statistics (forward passes, drafts proposed / accepted per kind) go to `self.stats`."""
+                period=1, prompt=None, speculative=SPECULATIVE, jacobi="first") -> Tensor:
+        """Sample the codes a task leaves open: codes (N,), the open frames' in raster order. The
+        sampling statistics (forward passes, drafts proposed / accepted per kind) go to `self.stats`."""
         cond, no_text, bare = self._prompts(task, grid, text, known)
         if prompt is not None:  # a caller-built prompt (long: gen_coords past the window)
             cond = prompt
@@ -239,8 +237,7 @@ class VideoGenerator:
                 bar.update(1)
                 if report is not None:
                     report(len(out), total)
-        ids = torch.cat(out)
-        return torch.as_tensor(cond.gen_coords), self.vocab.ids_to_codes(ids)
+        return self.vocab.ids_to_codes(torch.cat(out))
 
     def _run(self, task: str, frames: int, size, text, known: list[tuple[int, Tensor]],
              what: str, **opts) -> Generated:
@@ -249,12 +246,12 @@ class VideoGenerator:
         t = self.latent_frames(frames)
         h, w = self.latent_size(size)
         self._check_fits(task, (t, h, w), text, known, what)
-        coords, new = self._sample(task, (t, h, w), text, known, **opts)
+        new = self._sample(task, (t, h, w), text, known, **opts)
         grid = torch.full((t, h, w), -1, dtype=torch.long, device=self.device)
         for start, codes in known:
             if start is not None:  # None: a conditioning signal that is not part of the clip (edit)
                 grid[start : start + codes.shape[0]] = codes.to(self.device)
-        place(grid, coords, new)
+        grid[open_frames(task, (t, h, w), known)] = new.view(-1, h, w).to(self.device)
         if (grid < 0).any():
             raise RuntimeError(f"{task}: {int((grid < 0).sum())} codes neither known nor generated")
         return Generated(self.decode(grid), grid)
@@ -391,9 +388,9 @@ class VideoGenerator:
         coords = block.repeat(new_t, 1)
         coords[:, 0] += steps
         keep_frames = keep_frames or max(1, (t_win - known_t) // 2)
-        long_prompt = type(cond)(ids=cond.ids, coords=cond.coords, gen_coords=coords)
+        long_prompt = dataclasses.replace(cond, gen_coords=coords)  # the place hook carries on frame by frame
         window = len(cond.ids) + len(gen)
-        coords, new = self._sample(task, (t_win, h, w), text, known, window=window, keep=keep_frames * per,
+        new = self._sample(task, (t_win, h, w), text, known, window=window, keep=keep_frames * per,
                                    period=per, prompt=long_prompt, **opts)
         grid = torch.cat([c for _, c in known] + [new.view(new_t, h, w).to(self.device)], 0)
         return Generated(self.decode(grid), grid)

@@ -6,7 +6,9 @@ what the LM's tasks need (lm/tasks.py), so LM training never decodes a video:
 - stand-alone codes of its last j latent frames for j in --tails (a causal tokenizer's slice of
   the clip's codes is not the codes of the sliced pixels; heads need nothing: they are);
 - the codes of its structure view (edit): lm.tasks.structure_view of the clip;
-- its caption as text pieces (with --text), at most --max-text pieces.
+- its caption as text pieces (with --text), at most --max-text pieces;
+and, for two-level codes, a copy of the tokenizer (DIR/tokenizer): where fine codes draw follows
+from the coarse ones through it, and the LM trains on those coordinates.
 Format: lm/tokendata.py. Skipped samples are counted by reason (the loader's counts).
 """
 
@@ -99,6 +101,8 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
         writer.close()
         bar.close()
     vocab.save(out)
+    if tokenizer.cfg.refine_rows:  # the LM reads where the fine codes draw from it (load_places)
+        tokenizer.save_pretrained(out / "tokenizer")
     if writer.count:
         TokenStore.open(out)  # the flat copy training reads clip by clip (lm/tokendata.py)
     info = {"written": writer.count, "skipped": dict(loader.counts), "shards": [p.name for p in writer.paths],
@@ -106,6 +110,17 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
             "codebook_size": int(tokenizer.codebook_size), "factors": list(tokenizer.factors)}
     (out / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def load_places(folder):
+    """The code_places of the tokenizer a token folder holds (two-level codes: the fine codes'
+    places follow from the coarse codes through it), else None; what LM training renders."""
+    where = Path(folder) / "tokenizer" if folder else None
+    if where is None or not where.is_dir():
+        return None
+    from vidlm.tokenizer.model import VideoTokenizer
+
+    return VideoTokenizer.from_pretrained(where).code_places
 
 
 def build_parser() -> argparse.ArgumentParser:

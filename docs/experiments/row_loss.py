@@ -1,8 +1,8 @@
 """Row loss: where in a frame does an LM find its codes hard? The t2v loss (nats a code, with the
 caption) of the held-out clips of a token folder (its last 16, as `vidlm lm train` holds them
 out), by row of the latent grid and by latent frame. On two-level codes (`refine_rows`) the last
-rows are the fine codes, placed where the coarse codes say: the rows show whether the LM learnt
-which cells they refine. A prediction from the unigram of each row is printed beside it.
+rows are the fine codes, placed where the coarse codes say (the LM sees them at those places
+when the token folder holds its tokenizer): the rows show whether the LM learnt them. A prediction from the unigram of each row is printed beside it.
 
     python docs/experiments/row_loss.py --model RUN/model/lm --tokens RUN/data/tokens
 """
@@ -15,6 +15,8 @@ from vidlm.lm.tasks import render_train
 from vidlm.lm.tokendata import TokenStore
 from vidlm.lm.vocab import Vocab
 
+from vidlm.pretokenize import load_places
+
 p = argparse.ArgumentParser()
 p.add_argument("--model", required=True, help="an exported LM folder")
 p.add_argument("--tokens", required=True, help="the token folder it was trained on")
@@ -23,17 +25,19 @@ p.add_argument("--threads", type=int, default=1)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 model, vocab = VideoLM.from_pretrained(a.model).eval(), Vocab.from_pretrained(a.tokens)
-store = TokenStore.open(a.tokens)
+store, places = TokenStore.open(a.tokens), load_places(a.tokens)
 rows, frames, hist = {}, {}, {}
 with torch.no_grad():
     for i in range(len(store) - a.clips, len(store)):
         clip = store[i]
-        seq = render_train("t2v", vocab, codes=clip.codes, text=clip.text)
+        seq = render_train("t2v", vocab, codes=clip.codes, text=clip.text, places=places)
         logits = model(seq.ids[None, :-1], seq.coords[None, :-1])[0].float()
         target = seq.loss_mask[1:]
         nll = F.cross_entropy(logits[target], seq.ids[1:][target], reduction="none")
-        coords = seq.coords[1:][target]
-        for (t, y, _), v, code in zip(coords.tolist(), nll.tolist(), seq.ids[1:][target].tolist()):
+        t_len, h, w = clip.codes.shape
+        grid = torch.arange(t_len * h * w)  # t2v: every code, in raster order
+        for t, y, v, code in zip((grid // (h * w)).tolist(), (grid % (h * w) // w).tolist(), nll.tolist(),
+                                 seq.ids[1:][target].tolist()):
             rows.setdefault(y, []).append(v)
             frames.setdefault(t, []).append(v)
             hist.setdefault(y, []).append(code)
