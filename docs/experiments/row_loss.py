@@ -4,7 +4,7 @@ out), by row of the latent grid and by latent frame. On two-level codes (`refine
 rows are the fine codes, placed where the coarse codes say (the LM sees them at those places
 when the token folder holds its tokenizer): the rows show whether the LM learnt them. A prediction from the unigram of each row is printed beside it.
 
-    python docs/experiments/row_loss.py --model RUN/model/lm --tokens RUN/data/tokens
+    python docs/experiments/row_loss.py --model RUN/model/lm --tokens RUN/data/tokens [--drop-text]
 """
 import argparse
 
@@ -22,6 +22,7 @@ p.add_argument("--model", required=True, help="an exported LM folder")
 p.add_argument("--tokens", required=True, help="the token folder it was trained on")
 p.add_argument("--clips", type=int, default=16)
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--drop-text", action="store_true", help="without the caption: does it reach the codes?")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 model, vocab = VideoLM.from_pretrained(a.model).eval(), Vocab.from_pretrained(a.tokens)
@@ -30,7 +31,7 @@ rows, frames, hist = {}, {}, {}
 with torch.no_grad():
     for i in range(len(store) - a.clips, len(store)):
         clip = store[i]
-        seq = render_train("t2v", vocab, codes=clip.codes, text=clip.text, places=places)
+        seq = render_train("t2v", vocab, codes=clip.codes, text=clip.text, places=places, drop_text=a.drop_text)
         logits = model(seq.ids[None, :-1], seq.coords[None, :-1])[0].float()
         target = seq.loss_mask[1:]
         nll = F.cross_entropy(logits[target], seq.ids[1:][target], reduction="none")
