@@ -337,15 +337,14 @@ def stream(
         raise ValueError(f"max_new_tokens={n} but the prompt has only {len(gen_coords[0])} gen_coords")
     gen = torch.stack(gen_coords).to(device).repeat(len(groups), 1, 1)  # (R,N,3)
     hooks = [getattr(p, "place", None) for p in prompts]
-    sampled: list[Tensor] = []
+    sampled = torch.zeros(batch, n, dtype=torch.long) if any(hooks) else None  # what the hooks read
 
     def placed(i: int, token: Tensor) -> None:  # after position i: the coordinates it decides
-        if not any(hooks):
+        if sampled is None:
             return
-        sampled.append(token.cpu())
-        so_far = torch.stack(sampled, 1)  # (B, i+1)
+        sampled[:, i] = token.cpu()
         for b, hook in enumerate(hooks):
-            new = hook(i, so_far[b]) if hook is not None else None
+            new = hook(i, sampled[b, : i + 1]) if hook is not None else None
             if new is not None:
                 m = min(len(new), n - i - 1)
                 gen[b::batch, i + 1 : i + 1 + m] = new[:m].to(device)

@@ -22,13 +22,7 @@ from pathlib import Path
 
 import torch
 from vidlm.lm.config import LMConfig, TrainConfig
-from vidlm.lm.stream import (
-    TaskStream,
-    load_data,
-    micro_batch,
-    unigram_entropy,
-    val_sequences,
-)
+from vidlm.lm.stream import TaskStream, load_data, micro_batch, unigram_entropy, val_sequences
 from vidlm.lm.tasks import TASKS
 from vidlm.lm.vocab import Vocab
 
