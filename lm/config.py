@@ -55,6 +55,10 @@ class LMConfig:
     """Queries turn with the coordinates of the token they predict (keys with their own): the
     model knows where it draws next even where the order does not say (two-level codes' fine
     codes, placed by the coarse ones; sigma-GPT / RandAR's next-position conditioning)."""
+    code_places: bool = False
+    """Trained on the coordinates where the codes draw (two-level codes: `vidlm lm train` reads them
+    from the token folder's tokenizer), not their grid coordinates; sampling must render the same.
+    Set by training from its data."""
     checkpointing: bool = False
     """Activation checkpointing of every block in training (less memory, ~30% more compute)."""
     attn_backend: str = "auto"

@@ -15,6 +15,7 @@ Logs (rank 0): tqdm, TensorBoard + metrics.jsonl: loss, loss/<task>, lr, tokens_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -149,7 +150,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
         torch.set_num_threads(cfg.threads)
     run = Path(run_dir or cfg.run_dir)
     train_clips, val_clips, vocab = load_data(cfg, data)
-    lm_cfg = cfg.lm_config(vocab.size)
+    lm_cfg = dataclasses.replace(cfg.lm_config(vocab.size), code_places=places is not None)
     init = init_folder(cfg, lm_cfg, vocab)
     if dist.is_main:
         write_run_info(run, cfg, lm_cfg, vocab)

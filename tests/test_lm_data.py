@@ -78,6 +78,20 @@ def test_two_level_tokens_carry_their_tokenizer_and_train_on_its_places(folders)
     yx = torch.cat([torch.cat([torch.full((24, 1), f), tok.code_places(clip.codes[f]).reshape(24, 2)], 1)
                     for f in range(3)])
     assert torch.equal(seq.coords[seq.loss_mask], yx)
+    # the LM trained so says it (LMConfig.code_places): sampling must render the same coordinates
+    import dataclasses
+    from pathlib import Path
+
+    from vidlm.lm.config import TrainConfig
+    from vidlm.lm.train import main as train
+
+    from vidlm.config import load_yaml
+
+    cfg = dataclasses.replace(load_yaml(TrainConfig, Path(__file__).resolve().parents[1] / "recipes/lm/debug.yaml"),
+                              steps=1, threads=1, data=dataclasses.replace(TrainConfig().data, val_clips=1))
+    for name, where in (("grid", None), ("places", places)):
+        train(cfg, run_dir=str(root / f"lm-{name}"), data=str(out), places=where)
+        assert json.loads((root / f"lm-{name}" / "lm.json").read_text())["code_places"] == (where is not None)
 
 
 def test_tokenize_batch_skips_tails_as_long_as_the_clip():

@@ -3,6 +3,7 @@
 The README's video-level example (on the shipped weights) runs in tests/test_readme.py.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -128,6 +129,22 @@ def test_save_and_load_round_trip(gen, tmp_path):
     assert torch.equal(again.t2v("a red circle", frames=5, size=SIZE, seed=3).codes, a)
     with pytest.raises(FileNotFoundError, match="no weights named 'no-such-model'"):
         VideoGenerator.from_pretrained("no-such-model")
+
+
+def test_codes_sit_where_the_lm_was_trained_to_see_them(gen):
+    """An LM trained on two-level codes at their places samples them there; one trained on grid
+    coordinates (LMConfig.code_places false) keeps grid coordinates with the same tokenizer; an LM
+    that needs places with a one-level tokenizer is refused."""
+    two_level = bool(gen.tokenizer.cfg.refine_rows)
+    assert (gen.places is not None) == two_level
+    grid = VideoGenerator(gen.tokenizer, gen.text_tokenizer, type(gen.lm)(
+        dataclasses.replace(gen.lm.cfg, code_places=False)), gen.vocab)
+    assert grid.places is None
+    check(grid.t2v("a red circle", frames=5, size=SIZE), 5)
+    if not two_level:
+        with pytest.raises(ValueError, match="trained on two-level codes"):
+            VideoGenerator(gen.tokenizer, gen.text_tokenizer, type(gen.lm)(
+                dataclasses.replace(gen.lm.cfg, code_places=True)), gen.vocab)
 
 
 def test_seam_score():

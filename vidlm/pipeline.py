@@ -86,8 +86,12 @@ class VideoGenerator:
             self.lm.compile_step()
         self.vocab = vocab
         self.time_factor, self.space_factor = tokenizer.factors
-        # two-level codes: fine codes sit where the coarse ones place them (vidlm.lm.tasks)
-        self.places = self.tokenizer.code_places if self.tokenizer.cfg.refine_rows else None
+        # two-level codes: fine codes sit where the coarse ones place them (vidlm.lm.tasks), if the
+        # LM was trained so; else every code at its grid coordinate, as it was trained
+        if lm.cfg.code_places and not tokenizer.cfg.refine_rows:
+            raise ValueError("this LM was trained on two-level codes at their places (code_places) and the video "
+                             "tokenizer given has one level; load the tokenizer its token data was made with")
+        self.places = self.tokenizer.code_places if lm.cfg.code_places else None
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
@@ -132,6 +136,7 @@ class VideoGenerator:
                                    TokenizerConfig.from_name(tokenizer))
         text_tok = train_text_tokenizer(captions, 64)
         vocab = Vocab.build(video_tok.cfg, text_tok)
+        lm_overrides.setdefault("code_places", bool(video_tok.cfg.refine_rows))
         model = VideoLM(LMConfig.from_name(lm, vocab_size=vocab.size, **lm_overrides))
         return cls(video_tok, text_tok, model, vocab, device=device, refine=refine)
 

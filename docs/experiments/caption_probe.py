@@ -1,7 +1,7 @@
 """The caption's hold alone, faster than `vidlm eval world`: t2v with each held-out clip's
 caption (the detector's colour and shape, majority over the clip; the share of frames with an
 object) and t2i (the caption's object found), on the first --num held-out clips with the seeds
-`eval world` uses, --cfg-text 3 and temperature 1 as its defaults.
+`eval world` uses, --cfg-text 3 and temperature 1 (no top-k) as its defaults.
 
     python docs/experiments/caption_probe.py --model RUN/model --num 32 --out probe.json
 """
@@ -20,6 +20,7 @@ p.add_argument("--model", required=True, help="folder with tokenizer/, text/, lm
 p.add_argument("--num", type=int, default=32)
 p.add_argument("--cfg-text", type=float, default=3.0)
 p.add_argument("--temperature", type=float, default=1.0)
+p.add_argument("--top-k", type=int)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--out", help="write the figures as JSON here")
 args = p.parse_args()
@@ -28,7 +29,7 @@ gen = VideoGenerator.from_pretrained(args.model)
 r = {"colour": [], "shape": [], "t2i": [], "detected": []}
 started = time.time()
 for i, (video, caption, world) in enumerate(heldout_clips(args.num, 0, width=64, height=64, frames=17)):
-    opts = {"temperature": args.temperature, "cfg_text": args.cfg_text, "seed": i}
+    opts = {"temperature": args.temperature, "top_k": args.top_k, "cfg_text": args.cfg_text, "seed": i}
     obj, bg = world["objects"][0], world["background"]
     clip = gen.t2v(caption, frames=17, size=(64, 64), **opts).video.cpu()
     colour_ok, shape_ok = verdict(clip, obj, bg)
