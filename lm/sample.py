@@ -317,8 +317,8 @@ def stream(
       bench lm --model shapes-demo` (its draft_order; see the README's results).
     stats: a dict to count into: forwards, and per draft kind proposed / accepted.
     Prompts with a `place` hook (codes placed by earlier ones, vidlm.lm.tasks) get their true
-    coordinates as they are sampled; they decode without drafts (a draft block would run ahead
-    of the coordinates it needs).
+    coordinates as they are sampled; their draft blocks stop at the positions after which the
+    hook may move coordinates (`Prompt.place_every`), so every pass has the ones it needs.
     """
     if jacobi not in ("first", "fallback", "off"):
         raise ValueError(f"jacobi must be 'first', 'fallback' or 'off', got {jacobi!r}")
@@ -391,11 +391,11 @@ def stream(
     sink = cache.length  # the prompt (after whatever the cache held before it)
     placed(0, token)
     yield token
-    if draft > 0 and batch == 1 and not any(hooks):
+    if draft > 0 and batch == 1:
         options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         yield from _speculate(model, prompts[0], token, gen, cache, n, draft=draft, legal=legal, weights=weights,
                               options=options, noise=noise, window=window, keep=keep, period=period,
-                              sink=sink, stats=stats, jacobi=jacobi)
+                              sink=sink, stats=stats, jacobi=jacobi, placed=placed)
         return
     pos = torch.full((1,), cache.length, dtype=torch.long, device=device)  # advanced on the device
     for i in range(1, n):
@@ -411,11 +411,12 @@ def stream(
 
 
 def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, options, noise, window, keep,
-               period, sink, stats, jacobi) -> Iterator[Tensor]:
+               period, sink, stats, jacobi, placed) -> Iterator[Tensor]:
     """stream's decode loop with drafts (one prompt; its CFG variants are the cache's rows):
     each forward pass appends the last sampled token and up to `draft` drafts, keeps the
     longest accepted run plus one token sampled at the first rejection (or after the run)."""
     rows, lo = len(weights), legal[0] if legal is not None else 0
+    every = prompt.place_every if getattr(prompt, "place", None) is not None else n  # see stream's doc
     source, kind, known = draft_sources(prompt, legal)
     guess = [-1] * n  # the model's last guess at each position (Jacobi drafts)
     timeline = torch.cat([known, torch.full((n,), -1, dtype=torch.long)]).tolist()
@@ -442,7 +443,9 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         if window is not None and cache.length >= window:  # slide exactly where plain decoding does
             cache.keep_last(keep + (i - 1) % period, sink)
         room = (window if window is not None else cache.max_len) - cache.length - 1
-        drafts, names, span = [], [], max(0, min(length, n - 1 - i, room))
+        # the pass predicts positions i .. i+span: none past the next one whose coordinates a place
+        # hook may move (the row end r >= i: r - i drafts, whose last fed token's next place is r's)
+        drafts, names, span = [], [], max(0, min(length, n - 1 - i, room, every - 1 - i % every))
         coupled = [-1] * span
         if dist is not None and span:
             src = (source[i : i + span] - base).clamp(min=0)
@@ -504,6 +507,8 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         for j in range(i + len(out), i + len(drafts) + 1):
             if j < n:
                 timeline[base + j] = -1
+        for j, value in enumerate(out):
+            placed(i + j, torch.tensor([value]))
         i += len(out)
         token = torch.tensor([out[-1]], device=gen.device)
         for value in out:

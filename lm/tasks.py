@@ -93,6 +93,9 @@ class Prompt:  # not a tuple: the sampler tells one prompt from a list of prompt
     place: Callable[[int, Tensor], Tensor | None] | None = None
     """place(i, ids (i+1,) sampled so far) -> the true coordinates (m,3) of positions i+1..i+m,
     or None where they stand: for codes whose place follows from earlier ones (None: all known)."""
+    place_every: int = 1
+    """`place` changes coordinates only after positions i with (i + 1) % place_every == 0 (the
+    ends of grid rows): a speculative block that stops there has all its coordinates."""
 
 
 def structure_view(video: Tensor, factor: int = 2) -> Tensor:
@@ -218,7 +221,7 @@ def render_prompt(task: str, vocab: Vocab, *, grid, text=None, known=(), drop_te
     (given `places`, with the `place` hook that makes them true as the codes come)."""
     ids, coords, gen, gen_t = _layout(task, vocab, grid, text, known, drop_text, drop_known, places)
     _, h, w = (int(v) for v in grid)
-    return Prompt(ids, coords, gen, None if places is None else _placer(vocab, gen_t, h, w, places))
+    return Prompt(ids, coords, gen, None if places is None else _placer(vocab, gen_t, h, w, places), w)
 
 
 def render_train(task: str, vocab: Vocab, *, codes: Tensor, text=None, known=(), drop_text: bool = False,

@@ -45,6 +45,23 @@ def test_tokens_are_plain_tokens_for_every_task(debug_gen, task, temperature, ja
     assert sum(stats["accepted"].values()) < sum(stats["proposed"].values()), task  # and some rejected
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("task", ["t2v", "long"])
+def test_two_level_codes_keep_plain_tokens(task, temperature):
+    """Two-level codes learn their places as they come (Prompt.place): draft blocks stop at the
+    row ends where the places may move, and the tokens stay plain decoding's."""
+    from vidlm.tokenizer.config import TokenizerConfig
+
+    tok = TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2)
+    gen = VideoGenerator.random("debug", tokenizer=tok, seed=0, next_query=True)
+    video = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    opts = {"temperature": temperature, "top_k": 24, "cfg_text": 2.0, "seed": 0}
+    plain = TASKS[task](gen, video, speculative=0, **opts).codes
+    fast = TASKS[task](gen, video, speculative=8, **opts).codes
+    assert torch.equal(plain, fast), task
+    assert sum(gen.stats["proposed"].values()) > 0, task
+
+
 @pytest.mark.parametrize("task", ["t2v", "extend-backward", "long"])
 def test_passes_padded_to_one_length_keep_plain_tokens(debug_gen, task, monkeypatch):
     """Under CUDA graphs (`compile_step`'s "reduce-overhead") every pass is padded to draft + 1
@@ -87,6 +104,33 @@ def tiny_setup():
     cond = Prompt(ids=ids, coords=coords, gen_coords=gen)
     no_text = Prompt(ids=ids[3:], coords=coords[3:], gen_coords=gen)
     return model, cond, CFG(text=2.0, visual=2.0, no_text=no_text, uncond=no_text)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_drafts_stop_where_a_place_hook_moves_coordinates(temperature):
+    """A prompt whose place hook moves every later position after each row of 3 (as two-level
+    codes' places follow the sampled coarse codes): the queries turn with those places
+    (next_query), and speculative decoding still samples plain decoding's tokens."""
+    torch.manual_seed(0)
+    model = VideoLM(LMConfig.from_name("debug", vocab_size=40, next_query=True)).eval()
+    n = 12
+
+    def place(i, ids):  # after a row: the rest lands somewhere the row's codes choose
+        if (i + 1) % 3:
+            return None
+        rest = torch.arange(i + 1, n)
+        return torch.stack([torch.ones_like(rest), rest // 3, (rest + 5 * int(ids.sum())) % 11], 1)
+
+    gen = torch.stack([torch.ones(n), torch.arange(n) // 3, torch.arange(n) % 3], 1).long()
+    prompt = Prompt(ids=torch.tensor([1, 2, 3]), coords=torch.zeros(3, 3, dtype=torch.long), gen_coords=gen,
+                    place=place, place_every=3)
+    opts = {"temperature": temperature, "legal": (20, 28)}
+    for seed in range(4):
+        stats = {}
+        plain = generate(model, prompt, generator=torch.Generator().manual_seed(seed), **opts)
+        fast = generate(model, prompt, generator=torch.Generator().manual_seed(seed), draft=4, stats=stats, **opts)
+        assert torch.equal(plain, fast), seed
+        assert sum(stats["accepted"].values()) > 0
 
 
 def test_draft_sources_follow_coordinates():
