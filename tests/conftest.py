@@ -27,6 +27,14 @@ def debug_model_dir(tmp_path_factory) -> Path:
     return root
 
 
+def two_level_config():
+    """The debug tokenizer with two-level codes (refine_rows 2): a code per 8x8-pixel cell and two
+    rows of finer codes for the chosen cells; at 16x16 pixels a 2x2 grid and one cell's 2x2 fine codes."""
+    from vidlm.tokenizer.config import TokenizerConfig
+
+    return TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

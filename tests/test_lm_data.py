@@ -60,14 +60,14 @@ def test_tokenize_writes_what_the_tasks_need(folders, capsys):
 def test_two_level_tokens_carry_their_tokenizer_and_train_on_its_places(folders):
     """A two-level tokenizer's token folder holds a copy of it: LM training reads where each fine
     code draws from it (vidlm.pretokenize.load_places); plain folders keep plain grid coordinates."""
+    from conftest import two_level_config
     from vidlm.lm.stream import make_sequence
-    from vidlm.tokenizer.config import TokenizerConfig
     from vidlm.tokenizer.model import VideoTokenizer
 
     from vidlm.pretokenize import load_places
 
     root, _ = folders
-    tok = VideoTokenizer(TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2))
+    tok = VideoTokenizer(two_level_config())
     tok.save_pretrained(root / "two-level")
     out = root / "tokens-two-level"
     assert main(["--tokenizer", str(root / "two-level"), "--shards", str(root / "shards"), "--out", str(out),

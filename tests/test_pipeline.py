@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import two_level_config
 from vidlm.lm.sample import ContextError
 
 from vidlm.pipeline import VideoGenerator, seam_score
@@ -17,12 +18,8 @@ SIZE = (16, 16)
 
 @pytest.fixture(scope="module", params=["debug", "two-level"])
 def gen(request):
-    from vidlm.tokenizer.config import TokenizerConfig
-
     torch.manual_seed(0)
-    # two-level codes (refine_rows): at 16x16, a 2x2 grid of 8x8-pixel codes and two rows: the 2x2 fine codes of one cell
-    tok = request.param if request.param == "debug" else TokenizerConfig.from_name(
-        "debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2)
+    tok = request.param if request.param == "debug" else two_level_config()
     return VideoGenerator.random("debug", tokenizer=tok, next_query=request.param == "two-level")
 
 

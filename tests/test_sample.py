@@ -235,16 +235,15 @@ def test_placed_codes_sample_where_training_puts_them():
     """Two-level codes and next_query: fine codes sit where their frame's coarse codes place them
     (the prompt's place hook), so greedy sampling picks exactly what a training forward of the
     sampled codes predicts, token by token, cached or not."""
+    from conftest import two_level_config
     from vidlm.lm.config import LMConfig
     from vidlm.lm.model import VideoLM
     from vidlm.lm.tasks import render_prompt, render_train
     from vidlm.lm.vocab import Vocab
-    from vidlm.tokenizer.config import TokenizerConfig
     from vidlm.tokenizer.model import VideoTokenizer
 
     torch.manual_seed(0)
-    tok = VideoTokenizer(TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8,
-                                                   refine_rows=2)).eval()
+    tok = VideoTokenizer(two_level_config()).eval()
     vocab = Vocab(text_size=8, code_size=tok.codebook_size)
     lm = VideoLM(LMConfig.from_name("debug", vocab_size=vocab.size, next_query=True)).eval()
     head = torch.randint(tok.codebook_size, (1, 6, 4))  # 32x32: 4x4 coarse codes + 2 rows of fine codes

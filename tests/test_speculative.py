@@ -4,6 +4,7 @@ distribution too), the same cache."""
 
 import pytest
 import torch
+from conftest import two_level_config
 from vidlm.lm.config import LMConfig
 from vidlm.lm.model import VideoLM
 from vidlm.lm.sample import CFG, allocate_cache, draft_sources, generate, stream
@@ -50,10 +51,7 @@ def test_tokens_are_plain_tokens_for_every_task(debug_gen, task, temperature, ja
 def test_two_level_codes_keep_plain_tokens(task, temperature):
     """Two-level codes learn their places as they come (Prompt.place): draft blocks stop at the
     row ends where the places may move, and the tokens stay plain decoding's."""
-    from vidlm.tokenizer.config import TokenizerConfig
-
-    tok = TokenizerConfig.from_name("debug", patch=2, spatial_factor=8, latent_dim=8, refine_rows=2)
-    gen = VideoGenerator.random("debug", tokenizer=tok, seed=0, next_query=True)
+    gen = VideoGenerator.random("debug", tokenizer=two_level_config(), seed=0, next_query=True)
     video = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     opts = {"temperature": temperature, "top_k": 24, "cfg_text": 2.0, "seed": 0}
     plain = TASKS[task](gen, video, speculative=0, **opts).codes
