@@ -5,7 +5,9 @@ import json
 
 import pytest
 import torch
+from einops import rearrange
 from vidlm.tokenizer.config import PRESETS, TokenizerConfig
+from vidlm.tokenizer.losses import pixel_errors
 from vidlm.tokenizer.model import VideoTokenizer
 
 
@@ -147,6 +149,31 @@ def test_two_level_codes():
         m.decode(torch.zeros(1, 1, 3, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="fsq"):
         TokenizerConfig.from_name("debug", quantizer="vq", refine_rows=1)
+
+
+def test_coarse_weight_trains_the_coarse_codes_to_draw_alone():
+    """coarse_weight adds to the aux loss the pixel loss of what the coarse codes draw without
+    the fine codes, and its gradient reaches the coarse path (and only through it the decoder's coarse use);
+    at 0 that drawing is the scorer's target only, and no gradient flows through it."""
+    torch.manual_seed(0)
+    plain = make(**TWO).train()
+    weighted = make(**TWO, coarse_weight=0.5).train()
+    weighted.load_state_dict(plain.state_dict())
+    x = video(b=2, t=5, h=32, w=32)
+    q = weighted.quantizer
+    z = weighted.encoder(x)
+    aux0 = plain.quantizer(z.detach(), x, plain.decoder)[2]
+    aux1 = q(z.detach(), x, weighted.decoder)[2]
+    coarse = q.coarse_q(q.coarse_in(rearrange(z.detach(), "b d t h w -> (b t) d h w"))[:, :, None])[0][:, :, 0]
+    drawn = weighted.decoder(rearrange(q.coarse_out(coarse), "(b t) d h w -> b d t h w", t=z.shape[2]))
+    alone = sum(pixel_errors(drawn, x, 0.05))  # L1, L2 and the worst 5 % of pixels' L1
+    torch.testing.assert_close(aux1, aux0 + 0.5 * alone, rtol=1e-4, atol=1e-5)
+    aux1.backward()
+    assert q.coarse_out[0].weight.grad.abs().sum() > 0 and q.fine_out.weight.grad is None
+    plain.quantizer(z.detach(), x, plain.decoder)[2].backward()
+    assert plain.quantizer.coarse_out[0].weight.grad is None  # the scorer's target takes no gradient
+    with pytest.raises(ValueError, match="coarse_weight"):
+        TokenizerConfig.from_name("debug", coarse_weight=0.5)  # one-level codes have no coarse codes alone
 
 
 @pytest.mark.parametrize("kw", [{"latent_dim": 3}, {"latent_dim": 4}, TWO], ids=["no-projection", "projection", "two-level"])

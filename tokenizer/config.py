@@ -74,9 +74,18 @@ class TokenizerConfig:
     rows of the grid) and r more rows: the 2x2 fine codes of the r*w/4 coarse cells that a small
     scorer, reading the coarse codes alone, predicts to be drawn worst (an object's edges). The
     grid is (t, h + r, w): the LM sees plain rows, and the chosen cells follow from the codes."""
+    coarse_weight: float = 0.0
+    """Two-level codes: the weight of a pixel loss on what the coarse codes draw alone (L1 + L2 +
+    the hard-pixel L1 of the worst 5 %, inside the quantizer's aux), so that they draw the object
+    (its blob and colour) and the fine codes only its edges; 0 = the coarse codes are trained only
+    through the full reconstruction, and leave the object to the fine codes (docs/experiments.md,
+    "Shape, thirteenth round")."""
 
     def __post_init__(self):
         steps = len(self.channel_mult) - 1
+        if self.coarse_weight < 0 or (self.coarse_weight and not self.refine_rows):
+            raise ValueError(f"coarse_weight must be >= 0 and needs refine_rows > 0, got {self.coarse_weight} "
+                             f"with refine_rows {self.refine_rows}")
         if self.refine_rows < 0 or (self.refine_rows and self.quantizer != "fsq"):
             raise ValueError(f"refine_rows must be >= 0 and needs the fsq quantizer, got {self.refine_rows} "
                              f"with {self.quantizer}")

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from vidlm.data.buckets import check_frames
 
 from .config import TokenizerConfig
+from .losses import pixel_errors
 
 FORMAT = "vidlm-video-tokenizer"
 Cache = dict  # {module: Tensor}: the past frames each causal conv needs for the next chunk
@@ -246,17 +247,19 @@ class TwoLevel(nn.Module):
     - the decoder reads the coarse code brought back to the fine grid, plus the kept fine codes.
     The chosen cells follow from the coarse codes alone, so ids are all a decoder (or an LM's
     sampler) needs. While training, the scorer learns the log of each cell's error when the coarse
-    codes are drawn alone (`forward` with the frames and the decoder): the aux loss.
+    codes are drawn alone (`forward` with the frames and the decoder): the aux loss, with, at
+    cfg.coarse_weight > 0, the error of that drawing itself.
     docs/experiments.md, "Shape, ninth round": 80 codes a 64x64 frame read shapes as 256 do.
     """
 
     def __init__(self, cfg: TokenizerConfig, width: int = 64):
         super().__init__()
         d, n = cfg.latent_dim, len(cfg.levels)
-        self.rows = cfg.refine_rows
+        self.rows, self.coarse_weight = cfg.refine_rows, cfg.coarse_weight
         self.coarse_in = nn.Sequential(nn.Conv2d(d, width, 2, 2), nn.SiLU(), nn.Conv2d(width, n, 1))
         self.fine_in = nn.Conv2d(d, n, 1)
-        codes = dataclasses.replace(cfg, latent_dim=n, refine_rows=0, spatial_factor=cfg.spatial_factor // 2)  # FSQ alone
+        codes = dataclasses.replace(cfg, latent_dim=n, refine_rows=0, coarse_weight=0.0,
+                                    spatial_factor=cfg.spatial_factor // 2)  # FSQ alone
         self.coarse_q, self.fine_q = Quantizer(codes), Quantizer(codes)
         self.coarse_out = nn.Sequential(nn.Conv2d(n, width, 1), nn.SiLU(), nn.ConvTranspose2d(width, d, 2, 2))
         self.fine_out = nn.Conv2d(n, d, 1)
@@ -280,7 +283,8 @@ class TwoLevel(nn.Module):
         return rearrange(zq, "(b t) d h w -> b d t h w", t=t)
 
     def forward(self, z: Tensor, frames: Tensor | None = None, decoder=None) -> tuple[Tensor, Tensor, Tensor]:
-        # z (B,d,t,2h,2w) -> zq (B,d,t,2h,2w), ids (B,t,h+r,w), aux (the scorer's loss, given frames and decoder)
+        # z (B,d,t,2h,2w) -> zq (B,d,t,2h,2w), ids (B,t,h+r,w), aux (given frames and decoder: the
+        # scorer's loss, plus coarse_weight x what the coarse codes alone draw)
         t = z.shape[2]
         z = rearrange(z, "b d t h w -> (b t) d 1 h w")
         coarse, cids, _ = self.coarse_q(self.coarse_in(z[:, :, 0])[:, :, None])
@@ -289,15 +293,19 @@ class TwoLevel(nn.Module):
         cells, score = self._cells(coarse)
         aux = z.new_zeros((), dtype=torch.float32)
         if frames is not None and decoder is not None:
-            with torch.no_grad():  # what the coarse codes alone draw: each cell's error is the target
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.coarse_weight > 0):
                 drawn = decoder(rearrange(self.coarse_out(coarse), "(b t) d h w -> b d t h w", t=t)).float()
-                err = F.avg_pool2d((drawn - frames.float()).abs().sum(1), frames.shape[-1] // coarse.shape[-1])
+            diff = drawn - frames.float()
+            if self.coarse_weight > 0:  # the demo recipe's pixel loss: L1 + L2 + the worst 5 % of pixels' L1
+                aux = aux + self.coarse_weight * sum(pixel_errors(drawn, frames.float(), 0.05))
+            with torch.no_grad():  # what the coarse codes alone draw: each cell's error is the scorer's target
+                err = F.avg_pool2d(diff.abs().sum(1), frames.shape[-1] // coarse.shape[-1])
                 # per latent frame: frame 0 alone, then the mean over the frames each later one codes
                 if t > 1:
                     rest = rearrange(err[:, 1:], "b (t f) h w -> b t f h w", t=t - 1).mean(2)
                     err = torch.cat([err[:, :1], rest], 1)
                 err = rearrange(err, "b t h w -> (b t) 1 h w")
-            aux = F.mse_loss(score, err.clamp(min=1e-3).log())
+            aux = aux + F.mse_loss(score, err.clamp(min=1e-3).log())
         kept = rearrange(fids, "n (h p) (w q) -> n (h w) (p q)", p=2, q=2).gather(1, cells[..., None].expand(-1, -1, 4))
         ids = torch.cat([cids, kept.reshape(cids.shape[0], self.rows, -1)], 1)
         return self._latent(coarse, fine, cells, t), rearrange(ids, "(b t) h w -> b t h w", t=t), aux

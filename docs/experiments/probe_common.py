@@ -65,3 +65,13 @@ def object_weights(x: torch.Tensor, obj: float, edge: float) -> torch.Tensor:
     mask = (median_distance(x) > 0.05).float()
     grown = F.max_pool3d(mask, (1, 3, 3), 1, (0, 1, 1))
     return 1 + obj * grown + edge * (grown + F.max_pool3d(-mask, (1, 3, 3), 1, (0, 1, 1)))
+
+
+def coarse_drawing(model, ids: torch.Tensor) -> torch.Tensor:
+    """What the coarse codes of two-level ids (B,t,h+r,w) draw alone, fine codes left out:
+    video (B,C,T,H,W), as the tokenizer's scorer sees it (docs/experiments.md, thirteenth round)."""
+    from einops import rearrange
+
+    q = model.quantizer
+    coarse, _ = q._coarse_cells(rearrange(ids, "b t h w -> (b t) h w"), model.last_layer.dtype)
+    return model.decoder(rearrange(q.coarse_out(coarse), "(b t) d h w -> b d t h w", t=ids.shape[1]))

@@ -16,12 +16,13 @@ of each measurement, and --init continues from them.
 that chose the refined cells by their error were made with commit 81e605d.)
 """
 import argparse
+import dataclasses
 import json
 import time
 
 import numpy as np
 import torch
-from probe_common import parse, report, training_clips
+from probe_common import coarse_drawing, parse, report, training_clips
 from vidlm.tokenizer.config import LossConfig, TokenizerConfig
 from vidlm.tokenizer.losses import TokenizerLosses
 from vidlm.tokenizer.metrics import psnr_per_frame
@@ -43,12 +44,17 @@ p.add_argument("--mp4", action="store_true", help="train on the shards' H.264 fr
 p.add_argument("--frames", type=int, default=17)
 p.add_argument("--eval-every", type=float, default=0, help="minutes between measurements (0: at the end)")
 p.add_argument("--save", help="save the EMA weights here at each measurement (save_pretrained)")
-p.add_argument("--init", help="start from these saved weights (a --save folder; --model and --preset are ignored)")
+p.add_argument("--init", help="start from these saved weights (a --save folder; --preset is ignored, --model "
+               "changes fields of their config)")
 a = parse(p, batch=4)
 data = training_clips(a.out, a.clips, a.mp4)  # N,T,H,W,3
 # fp32 weights under bf16 autocast, as DeepSpeed's bf16 keeps fp32 masters
-model = VideoTokenizer.from_pretrained(a.init) if a.init else VideoTokenizer(
-    TokenizerConfig.from_name(a.preset, **json.loads(a.model)))
+if a.init:  # --model's fields change the saved config (loss weights such as coarse_weight)
+    saved = VideoTokenizer.from_pretrained(a.init)
+    model = VideoTokenizer(dataclasses.replace(saved.cfg, **json.loads(a.model)))
+    model.load_state_dict(saved.state_dict())
+else:
+    model = VideoTokenizer(TokenizerConfig.from_name(a.preset, **json.loads(a.model)))
 cfg = model.cfg
 forward = lambda x: model(x)[:3]  # (recon, ids, aux loss)
 # bf16 autocast where the CPU computes bf16 (AMX / AVX512-BF16); an AVX2-only CPU emulates it, ~50x slower
@@ -64,7 +70,8 @@ def measure(minutes: float) -> None:
     live = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(ema)
     model.eval()
-    ps, p0, col, shp, shp0, shpf, hist = [], [], [], [], [], [], torch.zeros(cfg.vocab_size)
+    ps, p0, col, shp, shp0, shpf, ccol, cobj = [], [], [], [], [], [], [], []
+    hist = torch.zeros(cfg.vocab_size)
     with torch.no_grad():
         for video, cap, world in heldout_clips(32, 0):
             v = video[None, :, :a.frames]
@@ -79,12 +86,19 @@ def measure(minutes: float) -> None:
             shp.append(majority([o and o["shape"] for o in found]) == obj["shape"])
             shp0.append(bool(found[0]) and found[0]["shape"] == obj["shape"])
             shpf += [bool(o) and o["shape"] == obj["shape"] for o in found]
+            if cfg.refine_rows:  # what the coarse codes draw alone: the object, or only a mark for the fine codes?
+                with bf16():
+                    alone = observe(coarse_drawing(model, ids).float()[0], world["background"])
+                ccol.append(majority([o and o["colour"] for o in alone]) == obj["colour"])
+                cobj += [bool(o) for o in alone]
     pr = hist / hist.sum().clamp(min=1)
     ent = float(-(pr[pr > 0] * pr[pr > 0].log2()).sum())
     row = {"name": a.name, "minutes": round(minutes, 1), "steps": step, "params": nparam, "psnr": round(float(np.mean(ps)), 2),
            "psnr_f0": round(float(np.mean(p0)), 2), "colour": float(np.mean(col)), "shape": float(np.mean(shp)),
            "shape_f0": float(np.mean(shp0)), "shape_frames": round(float(np.mean(shpf)), 3),
            "code_entropy_bits": round(ent, 2), "usage": float((hist > 0).float().mean())}
+    if ccol:
+        row.update(coarse_colour=float(np.mean(ccol)), coarse_frames=round(float(np.mean(cobj)), 3))
     report(row, a, "results.jsonl")
     if a.save:
         model.save_pretrained(a.save)
