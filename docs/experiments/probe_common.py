@@ -3,6 +3,7 @@
 favour an object's pixels."""
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,9 @@ def training_clips(out: Path, num: int, mp4: bool = False) -> torch.Tensor:
                 with av.open(io.BytesIO(encode_mp4(v, 8.0))) as c:
                     v = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
             vids.append(v)
-        np.save(str(cache) + ".tmp.npy", np.stack(vids))
-        Path(str(cache) + ".tmp.npy").rename(cache)
+        tmp = Path(f"{cache}.{os.getpid()}.tmp.npy")  # probes started together each write their own
+        np.save(tmp, np.stack(vids))
+        tmp.replace(cache)
     return torch.from_numpy(np.load(cache))
 
 
