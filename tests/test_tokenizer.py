@@ -166,7 +166,7 @@ def test_coarse_weight_trains_the_coarse_codes_to_draw_alone():
     aux1 = q(z.detach(), x, weighted.decoder)[2]
     coarse = q.coarse_q(q.coarse_in(rearrange(z.detach(), "b d t h w -> (b t) d h w"))[:, :, None])[0][:, :, 0]
     drawn = weighted.decoder(rearrange(q.coarse_out(coarse), "(b t) d h w -> b d t h w", t=z.shape[2]))
-    alone = sum(pixel_errors(drawn, x, 0.05))  # L1, L2 and the worst 5 % of pixels' L1
+    alone = sum(pixel_errors(drawn - x, 0.05))  # L1, L2 and the worst 5 % of pixels' L1
     torch.testing.assert_close(aux1, aux0 + 0.5 * alone, rtol=1e-4, atol=1e-5)
     aux1.backward()
     assert q.coarse_out[0].weight.grad.abs().sum() > 0 and q.fine_out.weight.grad is None

@@ -119,13 +119,15 @@ class PerceptualLoss(nn.Module):
         return loss
 
 
-def pixel_errors(recon: Tensor, video: Tensor, hard_fraction: float) -> tuple[Tensor, Tensor, Tensor]:
-    """L1, L2 and the hard-pixel L1 (the mean L1 of each clip's `hard_fraction` worst pixels) of
-    recon against video (B,C,T,H,W)."""
-    diff = recon - video
-    err = diff.abs().mean(1).flatten(1)  # (B, T*H*W) per-pixel L1
-    hard = err.topk(max(1, int(hard_fraction * err.shape[1])), dim=1).values.mean()
-    return diff.abs().mean(), diff.pow(2).mean(), hard
+def pixel_errors(diff: Tensor, hard_fraction: float) -> tuple[Tensor, Tensor, Tensor]:
+    """L1, L2 and the hard-pixel L1 (the mean L1 of each clip's `hard_fraction` worst pixels; 0
+    when hard_fraction is 0) of diff = recon - video (B,C,T,H,W)."""
+    abs_err = diff.abs()
+    hard = diff.new_zeros(())
+    if hard_fraction > 0:
+        err = abs_err.mean(1).flatten(1)  # (B, T*H*W) per-pixel L1
+        hard = err.topk(max(1, int(hard_fraction * err.shape[1])), dim=1).values.mean()
+    return abs_err.mean(), diff.pow(2).mean(), hard
 
 
 class TokenizerLosses:
@@ -146,7 +148,7 @@ class TokenizerLosses:
 
     def reconstruction(self, video: Tensor, recon: Tensor) -> tuple[Tensor, dict]:
         c = self.cfg
-        l1, l2, hard = pixel_errors(recon, video, c.hard_fraction)
+        l1, l2, hard = pixel_errors(recon - video, c.hard_fraction if c.hard_weight > 0 else 0.0)
         loss = c.l1_weight * l1 + c.l2_weight * l2
         logs = {"l1": l1.detach(), "l2": l2.detach()}
         if c.hard_weight > 0:

@@ -37,7 +37,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from vidlm.data.buckets import check_frames
 
-from .config import TokenizerConfig
+from .config import LossConfig, TokenizerConfig
 from .losses import pixel_errors
 
 FORMAT = "vidlm-video-tokenizer"
@@ -282,6 +282,11 @@ class TwoLevel(nn.Module):
         zq = self.coarse_out(coarse) + keep * self.fine_out(fine)
         return rearrange(zq, "(b t) d h w -> b d t h w", t=t)
 
+    def coarse_latent(self, coarse: Tensor, t: int) -> Tensor:
+        """Coarse codes (N,n,h,w) -> the decoder's input with no fine codes (B,d,t,2h,2w): what
+        the coarse codes draw alone, which the scorer's target (and coarse_weight) measures."""
+        return rearrange(self.coarse_out(coarse), "(b t) d h w -> b d t h w", t=t)
+
     def forward(self, z: Tensor, frames: Tensor | None = None, decoder=None) -> tuple[Tensor, Tensor, Tensor]:
         # z (B,d,t,2h,2w) -> zq (B,d,t,2h,2w), ids (B,t,h+r,w), aux (given frames and decoder: the
         # scorer's loss, plus coarse_weight x what the coarse codes alone draw)
@@ -294,10 +299,9 @@ class TwoLevel(nn.Module):
         aux = z.new_zeros((), dtype=torch.float32)
         if frames is not None and decoder is not None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.coarse_weight > 0):
-                drawn = decoder(rearrange(self.coarse_out(coarse), "(b t) d h w -> b d t h w", t=t)).float()
-            diff = drawn - frames.float()
-            if self.coarse_weight > 0:  # the demo recipe's pixel loss: L1 + L2 + the worst 5 % of pixels' L1
-                aux = aux + self.coarse_weight * sum(pixel_errors(drawn, frames.float(), 0.05))
+                diff = decoder(self.coarse_latent(coarse, t)).float() - frames.float()
+            if self.coarse_weight > 0:  # the recipes' pixel loss: L1 + L2 + the worst pixels' L1
+                aux = aux + self.coarse_weight * sum(pixel_errors(diff, LossConfig.hard_fraction))
             with torch.no_grad():  # what the coarse codes alone draw: each cell's error is the scorer's target
                 err = F.avg_pool2d(diff.abs().sum(1), frames.shape[-1] // coarse.shape[-1])
                 # per latent frame: frame 0 alone, then the mean over the frames each later one codes

@@ -72,8 +72,6 @@ def object_weights(x: torch.Tensor, obj: float, edge: float) -> torch.Tensor:
 def coarse_drawing(model, ids: torch.Tensor) -> torch.Tensor:
     """What the coarse codes of two-level ids (B,t,h+r,w) draw alone, fine codes left out:
     video (B,C,T,H,W), as the tokenizer's scorer sees it (docs/experiments.md, thirteenth round)."""
-    from einops import rearrange
-
     q = model.quantizer
-    coarse, _ = q._coarse_cells(rearrange(ids, "b t h w -> (b t) h w"), model.last_layer.dtype)
-    return model.decoder(rearrange(q.coarse_out(coarse), "(b t) d h w -> b d t h w", t=ids.shape[1]))
+    coarse, _ = q._coarse_cells(ids.flatten(0, 1), model.last_layer.dtype)
+    return model.decoder(q.coarse_latent(coarse, ids.shape[1]))
