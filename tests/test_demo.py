@@ -82,12 +82,9 @@ def test_derived_config_applies_overrides(tmp_path):
     assert yaml.safe_load(out.read_text()) == {"steps": 3, "optim": {"lr": 0.5, "betas": [0.9, 0.99]}}
 
 
-def test_fit_minutes_sizes_the_schedule_to_the_machine(tmp_path, monkeypatch):
-    """A fitted stage times a short run of its config, trains the steps that fill its minutes,
-    and keeps that schedule when it is resumed; `demo.call` is faked with a trainer whose steps
-    take 0.5 s."""
-    calls = []
-
+def timed_trainer(calls: list, monkeypatch, load: float) -> None:
+    """Fake `demo.call` with a trainer whose steps take 0.5 s, on a machine of 2 CPUs whose
+    1-minute load average is `load`."""
     def fake_call(module, argv):
         calls.append(module)
         config = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text())
@@ -98,6 +95,15 @@ def test_fit_minutes_sizes_the_schedule_to_the_machine(tmp_path, monkeypatch):
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     monkeypatch.setattr(demo, "call", fake_call)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+
+
+def test_fit_minutes_sizes_the_schedule_to_the_machine(tmp_path, monkeypatch):
+    """A fitted stage times a short run of its config, trains the steps that fill its minutes,
+    and keeps that schedule when it is resumed."""
+    calls = []
+    timed_trainer(calls, monkeypatch, load=1.0)
     cfg = demo.DemoConfig(tokenizer_recipe="recipes/tokenizer/debug.yaml", lm_recipe="recipes/lm/debug.yaml",
                           fit_minutes={"lm": 2.0})
     run = demo.Run(tmp_path, cfg, None)
@@ -112,6 +118,19 @@ def test_fit_minutes_sizes_the_schedule_to_the_machine(tmp_path, monkeypatch):
     assert yaml.safe_load(plain.read_text())["steps"] == 7 and len(calls) == 1  # not fitted: the recipe's steps
     with pytest.raises(ValueError, match="fit_minutes"):
         demo.DemoConfig(fit_minutes={"gallery": 1.0})
+
+
+def test_a_fit_timed_on_a_busy_machine_says_so(tmp_path, monkeypatch, capsys):
+    """Steps timed beside another job are slower than the stage's own: the fit warns and its
+    config's header records the load, instead of silently training too few steps."""
+    timed_trainer([], monkeypatch, load=4.0)  # a 2-thread timing run beside 2 threads of something else
+    cfg = demo.DemoConfig(lm_recipe="recipes/lm/debug.yaml", fit_minutes={"lm": 2.0})
+    path = demo.stage_config(demo.Run(tmp_path, cfg, None), "lm", cfg.lm_recipe, {"threads": 2}, ["--data", "x"])
+    assert "(timed on a busy machine: load 4.0 on 2 CPUs, 2 threads of it ours)" in path.read_text()
+    assert "warning: lm was timed on a busy machine" in capsys.readouterr().out
+    for load, threads, busy in [(2.0, 2, False), (2.0, 1, False), (2.5, None, False), (3.0, 1, True)]:
+        monkeypatch.setattr(demo.os, "getloadavg", lambda load=load: (load, load, load))
+        assert bool(demo.busy_machine(threads)) == busy, (load, threads)
 
 
 # ----------------------------------------------------------------------------- gallery

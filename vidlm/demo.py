@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import os
 import shutil
 import sys
 import time
@@ -193,14 +194,30 @@ def fit_steps(run: Run, stage: str, config: Path, train: list[str]) -> Path:
     per_step = (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["step"] - rows[0]["step"])
     minutes = run.cfg.fit_minutes[stage]
     steps = max(2 * data.get("warmup", 0), 10, int(0.9 * minutes * 60 / per_step))
+    if busy := busy_machine(data.get("threads")):
+        print(f"  warning: {stage} was timed on a busy machine ({busy}): its {steps} steps fill {minutes} minutes "
+              f"only while the machine stays this busy. On an idle machine they take less: to fit again, stop the "
+              f"run, delete {config} and {run.out / 'runs' / stage}, and start it again.", flush=True)
     shutil.rmtree(scratch)
     timing_cfg.unlink()
     data["steps"] = steps
     config.write_text(f"{config.read_text().splitlines()[0]}\n# fitted to {minutes} minutes: {per_step:.3f} s "
-                      f"a step over steps {rows[0]['step']}-{rows[-1]['step']} of a timing run -> {steps} steps\n"
+                      f"a step over steps {rows[0]['step']}-{rows[-1]['step']} of a timing run -> {steps} steps"
+                      f"{f' (timed on a busy machine: {busy})' if busy else ''}\n"
                       + yaml.safe_dump(data, sort_keys=False))
     print(f"  {stage}: {per_step:.3f} s a step on this machine -> {steps} steps in {minutes} minutes", flush=True)
     return config
+
+
+def busy_machine(threads: int | None) -> str:
+    """What else ran beside a timing run of `threads` threads, when it did not fit beside it: the
+    1-minute load average (the timing run's own threads included) against the CPUs; '' when the
+    machine had room or cannot tell."""
+    if not hasattr(os, "getloadavg"):
+        return ""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    ours = min(threads or cpus, cpus)
+    return f"load {load:.1f} on {cpus} CPUs, {ours} threads of it ours" if load > cpus and load - ours >= 0.75 else ""
 
 
 def stage_config(run: Run, stage: str, recipe: str, overrides: dict[str, Any], train: list[str]) -> Path:
