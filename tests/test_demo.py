@@ -46,6 +46,19 @@ def test_a_rerun_skips_finished_stages(tmp_path, fake_stages, capsys):
     assert demo.main(["--recipe", "debug", "--out", str(out), "--redo", "tokens"]) == 0
     assert fake_stages == ["tokens", "lm", "gallery"]
 
+    # a redone trained stage starts from nothing: a kept run folder would resume its finished
+    # `latest` and a kept fitted config its old schedule; the stages before it keep theirs
+    for name in ("tokenizer", "lm"):
+        for folder in (out / "runs" / name, out / "configs"):
+            folder.mkdir(parents=True, exist_ok=True)
+        (out / "runs" / name / "latest").write_text("step-10")
+        (out / "configs" / f"{name}.yaml").write_text("# fitted to 1 minutes\nsteps: 10\n")
+    fake_stages.clear()
+    assert demo.main(["--recipe", "debug", "--out", str(out), "--redo", "lm"]) == 0
+    assert fake_stages == ["lm", "gallery"]
+    assert not (out / "runs" / "lm").exists() and not (out / "configs" / "lm.yaml").exists()
+    assert (out / "runs" / "tokenizer" / "latest").is_file() and (out / "configs" / "tokenizer.yaml").is_file()
+
 
 def test_a_run_folder_is_not_reused_with_another_recipe(tmp_path, fake_stages):
     out = tmp_path / "run"
@@ -127,7 +140,8 @@ def test_a_fit_timed_on_a_busy_machine_says_so(tmp_path, monkeypatch, capsys):
     cfg = demo.DemoConfig(lm_recipe="recipes/lm/debug.yaml", fit_minutes={"lm": 2.0})
     path = demo.stage_config(demo.Run(tmp_path, cfg, None), "lm", cfg.lm_recipe, {"threads": 2}, ["--data", "x"])
     assert "(timed on a busy machine: load 4.0 on 2 CPUs, 2 threads of it ours)" in path.read_text()
-    assert "warning: lm was timed on a busy machine" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "warning: lm was timed on a busy machine" in said and "--redo lm" in said
     for load, threads, busy in [(2.0, 2, False), (2.0, 1, False), (2.5, None, False), (3.0, 1, True)]:
         monkeypatch.setattr(demo.os, "getloadavg", lambda load=load: (load, load, load))
         assert bool(demo.busy_machine(threads)) == busy, (load, threads)

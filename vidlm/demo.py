@@ -10,7 +10,8 @@
 Each stage calls the stage's own CLI `main(argv)` in this process (no launcher) with a config
 derived from the recipe the demo recipe names (recipes/demo/*.yaml), written to OUT/configs/.
 A stage is finished when OUT/stages/NAME.json exists; it is written last, so a re-run skips
-finished stages and an interrupted one starts over (trainers resume from their `latest`).
+finished stages and an interrupted one starts over (trainers resume from their `latest`);
+`--redo NAME` forgets NAME and the stages after it, trainers' run folders included.
 The trained model lands in OUT/model/{tokenizer,text,lm}, a folder `--model` accepts.
 """
 
@@ -139,6 +140,14 @@ class Run:
     def seconds(self, name: str) -> float | None:
         return json.loads(self.marker(name).read_text())["seconds"] if self.done(name) else None
 
+    def forget(self, name: str) -> None:
+        """`--redo NAME`: the stage runs again from nothing: its marker, and for a trained stage
+        its trainer's run folder (else it would resume its finished `latest`) and its config (a
+        fitted one is timed again)."""
+        self.marker(name).unlink(missing_ok=True)
+        shutil.rmtree(self.out / "runs" / name, ignore_errors=True)
+        (self.configs / f"{name}.yaml").unlink(missing_ok=True)
+
 
 def derived(recipe: str, overrides: dict[str, Any]) -> dict:
     """The recipe YAML with `overrides` applied (dotted keys reach nested sections)."""
@@ -197,7 +206,7 @@ def fit_steps(run: Run, stage: str, config: Path, train: list[str]) -> Path:
     if busy := busy_machine(data.get("threads")):
         print(f"  warning: {stage} was timed on a busy machine ({busy}): its {steps} steps fill {minutes} minutes "
               f"only while the machine stays this busy. On an idle machine they take less: to fit again, stop the "
-              f"run, delete {config} and {run.out / 'runs' / stage}, and start it again.", flush=True)
+              f"run and start it again with `--redo {stage}`.", flush=True)
     shutil.rmtree(scratch)
     timing_cfg.unlink()
     data["steps"] = steps
@@ -454,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", metavar="FILE", help='captions JSONL {"file": NAME, "caption": TEXT} for --videos')
     p.add_argument("--fast", action="store_true", help="shorter training (recipe `fast`): a rough model in ~5 minutes")
     p.add_argument("--recipe", help="demo recipe: a name in recipes/demo/ (shapes, fast, real-cpu, debug) or a YAML path")
-    p.add_argument("--redo", choices=STAGES, help="forget this stage and the ones after it, then run")
+    p.add_argument("--redo", choices=STAGES, help="forget this stage and the ones after it (a trained "
+                   "stage: its run folder and fitted steps too), then run them again")
     p.add_argument("--ship", type=Path, metavar="DIR", help="at the end, copy the model to DIR as shipped "
                    "weights (how vidlm/weights/shapes-demo is made)")
     return p
@@ -472,7 +482,7 @@ def main(argv=None) -> int:
     check_recipe_frames(cfg)
     if args.redo:
         for name in STAGES[STAGES.index(args.redo):]:
-            run.marker(name).unlink(missing_ok=True)
+            run.forget(name)
     stages = ["gallery"] if args.pretrained else list(STAGES)
     print(f"vidlm demo: recipe {recipe}, output {out}")
     started = time.time()
