@@ -128,6 +128,14 @@ class Run:
     def marker(self, name: str) -> Path:
         return self.stages / f"{name}.json"
 
+    def trainer_run(self, name: str) -> Path:
+        """OUT/runs/NAME: a trainer's --run folder (checkpoints, `latest`, metrics)."""
+        return self.out / "runs" / name
+
+    def config(self, name: str) -> Path:
+        """OUT/configs/NAME.yaml: the config a stage trains with."""
+        return self.configs / f"{name}.yaml"
+
     def done(self, name: str) -> bool:
         return self.marker(name).is_file()
 
@@ -145,8 +153,8 @@ class Run:
         its trainer's run folder (else it would resume its finished `latest`) and its config (a
         fitted one is timed again)."""
         self.marker(name).unlink(missing_ok=True)
-        shutil.rmtree(self.out / "runs" / name, ignore_errors=True)
-        (self.configs / f"{name}.yaml").unlink(missing_ok=True)
+        shutil.rmtree(self.trainer_run(name), ignore_errors=True)
+        self.config(name).unlink(missing_ok=True)
 
 
 def derived(recipe: str, overrides: dict[str, Any]) -> dict:
@@ -193,9 +201,9 @@ def fit_steps(run: Run, stage: str, config: Path, train: list[str]) -> Path:
     data = yaml.safe_load(config.read_text())
     timing = dict(data, steps=TIMING_STEPS, warmup=min(data.get("warmup", 0), TIMING_STEPS), log_every=5,
                   val_every=10**9, ckpt_every=10**9, max_minutes=None)
-    scratch = run.out / "runs" / f"{stage}-timing"
+    scratch = run.trainer_run(f"{stage}-timing")
     shutil.rmtree(scratch, ignore_errors=True)
-    timing_cfg = run.configs / f"{stage}-timing.yaml"
+    timing_cfg = run.config(f"{stage}-timing")
     timing_cfg.write_text(yaml.safe_dump(timing, sort_keys=False))
     call(f"vidlm.{stage}.cli", ["train", "--config", str(timing_cfg), *train, "--run", str(scratch)])
     rows = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines()]
@@ -232,7 +240,7 @@ def busy_machine(threads: int | None) -> str:
 def stage_config(run: Run, stage: str, recipe: str, overrides: dict[str, Any], train: list[str]) -> Path:
     """OUT/configs/STAGE.yaml: the recipe with the demo's overrides, its steps fitted to the
     machine where `fit_minutes` names the stage."""
-    config = run.configs / f"{stage}.yaml"
+    config = run.config(stage)
     if stage in run.cfg.fit_minutes and config.is_file() and "# fitted" in config.read_text():
         return config  # a resumed stage keeps its schedule
     derive_config(recipe, overrides, config)
@@ -318,7 +326,7 @@ def stage_tokenizer(run: Run) -> dict:
     c = run.cfg
     if c.tokenizer_from:
         return copy_part(run, "tokenizer")
-    runs, data = run.out / "runs" / "tokenizer", ["--data", str(run.shards)]
+    runs, data = run.trainer_run("tokenizer"), ["--data", str(run.shards)]
     cfg = stage_config(run, "tokenizer", c.tokenizer_recipe, c.tokenizer_overrides, data)
     call("vidlm.tokenizer.cli", ["train", "--config", str(cfg), *data, "--run", str(runs)])
     call("vidlm.tokenizer.cli", ["export", "--run", str(runs), "--out", str(run.model / "tokenizer")])
@@ -342,7 +350,7 @@ def stage_tokens(run: Run) -> dict:
 
 def stage_lm(run: Run) -> dict:
     c = run.cfg
-    runs, data = run.out / "runs" / "lm", ["--data", str(run.out / "data" / "tokens")]
+    runs, data = run.trainer_run("lm"), ["--data", str(run.out / "data" / "tokens")]
     cfg = stage_config(run, "lm", c.lm_recipe, c.lm_overrides, data)
     call("vidlm.lm.cli", ["train", "--config", str(cfg), *data, "--run", str(runs)])
     call("vidlm.lm.cli", ["export", "--run", str(runs), "--out", str(run.model / "lm")])
