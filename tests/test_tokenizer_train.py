@@ -118,16 +118,24 @@ def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
 
 
 def test_two_level_run_trains_its_cell_scorer(dist, shards, tmp_path):
+    """A two-level run trains its cell scorer, and with coarse_until its coarse loss stops after
+    that fraction of the steps, where a resumed run stops it too."""
     from vidlm.tokenizer.model import VideoTokenizer
 
     base = debug_cfg()
     two = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor": 8, "latent_dim": 8,
-           "norm_groups": 4, "refine_rows": 2}
-    cfg = debug_cfg(steps=6, log_every=1, val_every=6, ckpt_every=6, model=two,
+           "norm_groups": 4, "refine_rows": 2, "coarse_weight": 1.0}
+    cfg = debug_cfg(steps=6, log_every=1, val_every=6, ckpt_every=6, model=two, coarse_until=0.5, deterministic=True,
                     data=dataclasses.replace(base.data, image_every=2, image_batch_size=5))
+    assert [tt.coarse_weight(cfg, s) for s in range(6)] == [1.0] * 3 + [0.0] * 3
     last = tt.main(cfg, run_dir=str(tmp_path / "run"), data=shards)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["quantizer"] > 0 and rows[1]["image_quantizer"] > 0 and last["step"] == 6  # the cell scorer's loss
+    tt.main(cfg, run_dir=str(tmp_path / "resumed"), data=shards, stop_at=4)  # past the switch: the weight is
+    tt.main(cfg, run_dir=str(tmp_path / "resumed"), data=shards)  # the step's, not the config's
+    assert losses_of(tmp_path / "run") == losses_of(tmp_path / "resumed")
+    with pytest.raises(ValueError, match="coarse_until"):
+        debug_cfg(coarse_until=0.5)  # one-level codes have no coarse loss to stop
     from vidlm.tokenizer.cli import main as cli
 
     assert cli(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "tok")]) == 0

@@ -240,6 +240,11 @@ class TrainConfig(RunConfig):
     """Linear warm-up steps."""
     ema_decay: float = 0.999
     """EMA of the generator weights (exported by default)."""
+    coarse_until: float = 1.0
+    """Two-level codes: the fraction of `steps` trained with model.coarse_weight; the steps after
+    it train with the coarse loss off. First the coarse codes learn to draw the object alone, then
+    the whole tokenizer learns its shape, which a coarse loss held throughout keeps back
+    (docs/experiments.md, "Shape, fourteenth round"). 1.0 = the coarse loss throughout."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -249,7 +254,11 @@ class TrainConfig(RunConfig):
         if d.image_every < 0 or (d.image_every and not 1 <= d.image_batch_size <= self.micro_batch_size * d.frames):
             raise ValueError(f"data.image_every must be >= 0 and data.image_batch_size in [1, micro_batch_size x "
                              f"frames = {self.micro_batch_size * d.frames}], got {d.image_every}, {d.image_batch_size}")
-        check_frames(d.frames, self.tokenizer_config().time_factor, "data.frames")  # before training
+        model = self.tokenizer_config()
+        check_frames(d.frames, model.time_factor, "data.frames")  # before training
+        if not 0 <= self.coarse_until <= 1 or (self.coarse_until < 1 and not model.coarse_weight):
+            raise ValueError(f"coarse_until is a fraction of the steps in [0, 1] and below 1 needs model.coarse_weight "
+                             f"> 0 (two-level codes), got {self.coarse_until} with coarse_weight {model.coarse_weight}")
 
     def tokenizer_config(self) -> TokenizerConfig:
         return self.model_config(PRESETS, TokenizerConfig)

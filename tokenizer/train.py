@@ -106,6 +106,12 @@ def set_trainable(module: torch.nn.Module, on: bool) -> None:
         p.requires_grad_(on)
 
 
+def coarse_weight(cfg: TrainConfig, step: int) -> float:
+    """The two-level coarse loss's weight at `step`: model.coarse_weight until `coarse_until` of
+    the steps, then 0 (a function of the step: a resumed run switches where the straight one does)."""
+    return cfg.tokenizer_config().coarse_weight if step < cfg.coarse_until * cfg.steps else 0.0
+
+
 def generator_step(engines, losses: TokenizerLosses, guard, x, step: int):
     g, d = engines["generator"], engines["discriminator"]
     set_trainable(d.module, False)
@@ -193,6 +199,9 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     counts: dict = defaultdict(int)
     tick, frames, started = time.time(), 0, time.time()
     while step < end:
+        if cfg.tokenizer_config().coarse_weight and gen.quantizer.coarse_weight != coarse_weight(cfg, step):
+            gen.quantizer.coarse_weight = coarse_weight(cfg, step)
+            logger.info(f"step {step}: the two-level coarse loss's weight is now {gen.quantizer.coarse_weight}")
         logs: dict = defaultdict(float)
         kind = "image" if is_image_step(cfg, step) else "video"
         for micro in range(cfg.grad_accum):
