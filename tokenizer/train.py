@@ -199,9 +199,9 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     counts: dict = defaultdict(int)
     tick, frames, started = time.time(), 0, time.time()
     while step < end:
-        if cfg.tokenizer_config().coarse_weight and gen.quantizer.coarse_weight != coarse_weight(cfg, step):
-            gen.quantizer.coarse_weight = coarse_weight(cfg, step)
-            logger.info(f"step {step}: the two-level coarse loss's weight is now {gen.quantizer.coarse_weight}")
+        if gen.cfg.coarse_weight and gen.quantizer.coarse_weight != (weight := coarse_weight(cfg, step)):
+            gen.quantizer.coarse_weight = weight
+            logger.info(f"step {step}: the two-level coarse loss's weight is now {weight}")
         logs: dict = defaultdict(float)
         kind = "image" if is_image_step(cfg, step) else "video"
         for micro in range(cfg.grad_accum):
