@@ -111,8 +111,11 @@ def render_clip(seed: int, *, width: int = 64, height: int = 64, frames: int = 1
     for colour in colours:
         shape, motion = str(rng.choice(SHAPES)), str(rng.choice(MOTIONS))
         size = float(rng.uniform(0.10, 0.20) * side)
-        centres = _simulate(rng, shape, size, motion, width, height, frames, fps)
+        # one more centre than frames: the caption's direction reads the first move, which a
+        # one-frame clip (an image) also has; the simulation draws nothing per step
+        centres = _simulate(rng, shape, size, motion, width, height, frames + 1, fps)
         (x0, y0), (x1, y1) = centres[0], centres[1]
+        centres = centres[:frames]
         objects.append({"shape": shape, "colour": str(colour), "size": size, "motion": motion,
                         "direction": _direction(x1 - x0, y1 - y0) if motion == "bouncing" else "down",
                         "centres": centres})

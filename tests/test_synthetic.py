@@ -91,6 +91,16 @@ def test_motion_kinds_and_captions():
     assert any("bouncing to the" in c for c in captions)
 
 
+def test_one_frame_is_the_clips_first():
+    """An image of the world (frames=1) is frame 0 of the clip of the same seed, caption and all."""
+    for seed in range(6):
+        video, caption, world = render_clip(seed)
+        image, image_caption, image_world = render_clip(seed, frames=1)
+        assert image.shape == (1, 64, 64, 3) and np.array_equal(image[0], video[0])
+        assert image_caption == caption
+        assert [o["centres"] for o in image_world["objects"]] == [o["centres"][:1] for o in world["objects"]]
+
+
 def test_decoded_mp4_tracks_ground_truth():
     errors = []
     for seed in range(6):
