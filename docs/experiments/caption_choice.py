@@ -13,9 +13,10 @@ import json
 import re
 
 import torch
-import torch.nn.functional as F
 from vidlm.data.synthetic import COLOURS, SHAPES
 from vidlm.lm.tasks import render_train
+from vidlm.lm.tokendata import pack
+from vidlm.lm.train import token_losses
 
 from vidlm.evaluate import heldout_clips, verdict
 from vidlm.pipeline import VideoGenerator
@@ -32,10 +33,10 @@ gen = VideoGenerator.from_pretrained(a.model)
 
 @torch.no_grad()
 def loss(codes, caption: str) -> float:
+    """The codes' loss (nats) under the caption, as training's validation computes it."""
     seq = render_train("t2i", gen.vocab, codes=codes, text=gen.text_tokenizer.encode(caption), places=gen.places)
-    logits = gen.lm(seq.ids[None, :-1].to(gen.device), seq.coords[None, :-1].to(gen.device))[0].float().cpu()
-    target = seq.loss_mask[1:]
-    return float(F.cross_entropy(logits[target], seq.ids[1:][target], reduction="sum"))
+    ce, _ = token_losses(gen.lm, pack([seq], len(seq.ids)), gen.device)
+    return float(ce.sum())
 
 
 found = {"shape": [], "colour": [], "gap_shape": [], "gap_colour": [], "recon_shape": [], "recon_colour": []}
