@@ -69,20 +69,11 @@ def validate(engine, val_batches: list[dict], device) -> dict[str, float]:
 def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None:
     """The folder `init_from` names, checked against this run's architecture and vocab (before
     anything is built: a wrong one is refused at once)."""
-    from vidlm.config import ConfigError, read_json, resolve_weights, to_dict
+    from vidlm.config import ConfigError, init_folder, to_dict
 
     if cfg.init_from is None:
         return None
-    path = resolve_weights(cfg.init_from)
-    path = path / "lm" if (path / "lm").is_dir() else path
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"init_from: {cfg.init_from} holds no exported LM (config.json, model.safetensors); "
-                          "write one with `vidlm lm export --run RUN --out DIR`")
-    theirs, ours = read_json(path / "config.json"), to_dict(lm_cfg)
-    if theirs != ours:
-        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        raise ConfigError(f"init_from: {path} is another architecture than this run's (differs in {diff}); "
-                          "use the same preset and model overrides")
+    path = init_folder(cfg.init_from, "lm", to_dict(lm_cfg))
     if Vocab.from_pretrained(path).to_dict() != vocab.to_dict():
         raise ConfigError(f"init_from: {path} was trained on another vocab than the token data's; tokenize the "
                           "data with the same video tokenizer and text model")

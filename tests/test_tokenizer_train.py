@@ -108,6 +108,14 @@ def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
     assert cli(["export", "--run", str(straight), "--out", str(tmp_path / "raw"), "--raw"]) == 0
     ema, raw = (VideoTokenizer.from_pretrained(tmp_path / n) for n in ("ema", "raw"))
     assert not torch.equal(ema.last_layer, raw.last_layer)
+    # fine-tuning starts the generator from exported weights (the discriminator afresh); another
+    # architecture is refused before the run folder is written
+    tuned = tt.main(debug_cfg(steps=1, init_from=str(tmp_path / "raw")), run_dir=str(tmp_path / "tuned"), data=shards)
+    assert tuned["psnr_val"] > val[1] + 1.0, (tuned["psnr_val"], val)
+    with pytest.raises(ConfigError, match=r"another architecture .*norm_groups"):
+        tt.main(debug_cfg(steps=1, init_from=str(tmp_path / "raw"), model={"norm_groups": 2}),
+                run_dir=str(tmp_path / "other"), data=shards)
+    assert not (tmp_path / "other").exists()
     report = tmp_path / "eval" / "report.json"
     assert cli(["eval", "--model", str(tmp_path / "raw"), "--data", shards, "--size", "32x32", "--frames", "9",
                 "--clips", "3", "--batch-size", "2", "--out", str(report)]) == 0

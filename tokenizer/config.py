@@ -245,6 +245,11 @@ class TrainConfig(RunConfig):
     it train with the coarse loss off. First the coarse codes learn to draw the object alone, then
     the whole tokenizer learns its shape, which a coarse loss held throughout keeps back
     (docs/experiments.md, "Shape, fourteenth round"). 1.0 = the coarse loss throughout."""
+    init_from: str | None = None
+    """Fine-tune: start the generator from exported tokenizer weights (a `vidlm tokenizer export`
+    folder, a model folder holding tokenizer/, or shipped weights by name) instead of a random
+    init; their config must be this run's tokenizer config. The discriminator starts afresh (a GAN
+    phase on a trained tokenizer: loss.gan_weight > 0, loss.disc_start: 0)."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -35,10 +35,21 @@ from .model import VideoTokenizer
 ENGINES = ("generator", "discriminator")
 
 
-def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None):
+def init_folder(cfg: TrainConfig) -> Path | None:
+    """The folder `init_from` names, checked against this run's tokenizer config (at once)."""
+    from vidlm.config import init_folder, to_dict
+
+    return init_folder(cfg.init_from, "tokenizer", to_dict(cfg.tokenizer_config())) if cfg.init_from else None
+
+
+def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None, init: Path | None = None):
+    from vidlm.config import load_weights
+
     rt.set_deterministic(cfg.deterministic)
     rt.seed_all(cfg.seed)  # identical initial weights on every rank
     gen = VideoTokenizer(cfg.tokenizer_config())
+    if init is not None:
+        load_weights(gen, init / "model.safetensors", init / "config.json", "vidlm tokenizer export --run RUN --out DIR")
     disc = PatchDiscriminator3D(cfg.disc, gen.cfg.in_channels)
     ds = rt.deepspeed_config(deepspeed_json, micro_batch_size=cfg.micro_batch_size, grad_accum=cfg.grad_accum,
                              grad_clip=cfg.grad_clip, precision=cfg.precision, world_size=dist.world_size)
@@ -178,9 +189,10 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run = Path(run_dir or cfg.run_dir)
+    init = init_folder(cfg)
     if dist.is_main:
         write_run_info(run, cfg)
-    engines = build_engines(cfg, dist, deepspeed)
+    engines = build_engines(cfg, dist, deepspeed, init)
     gen = engines["generator"].module
     dtype = next(gen.parameters()).dtype
     ema = rt.EMA(gen, cfg.ema_decay)

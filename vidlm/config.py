@@ -176,6 +176,24 @@ def resolve_weights(path: str | Path) -> Path:
     raise FileNotFoundError(f"model folder {path} does not exist")
 
 
+def init_folder(init_from: str, part: str, ours: dict) -> Path:
+    """The exported weights a run's `init_from` names (a folder written by `vidlm PART export`, a
+    model folder holding PART/, or shipped weights by name), refused at once with a ConfigError
+    unless their config is `ours` (this run's architecture)."""
+    path = resolve_weights(init_from)
+    path = path / part if (path / part).is_dir() else path
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"init_from: {init_from} holds no exported {part} (config.json, model.safetensors); "
+                          f"write one with `vidlm {part} export --run RUN --out DIR`")
+    theirs = read_json(path / "config.json")
+    theirs = theirs.get("config", theirs) if isinstance(theirs, dict) and "format" in theirs else theirs
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ConfigError(f"init_from: {path} is another architecture than this run's (differs in {diff}); "
+                          "use the same preset and model overrides")
+    return path
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """argparse type of every --size: "WIDTHxHEIGHT" -> (width, height)."""
     try:
