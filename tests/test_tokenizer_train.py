@@ -134,7 +134,7 @@ def test_two_level_run_trains_its_cell_scorer(dist, shards, tmp_path):
     two = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor": 8, "latent_dim": 8,
            "norm_groups": 4, "refine_rows": 2, "coarse_weight": 1.0}
     cfg = debug_cfg(steps=6, log_every=1, val_every=6, ckpt_every=6, model=two, coarse_until=0.5, deterministic=True,
-                    data=dataclasses.replace(base.data, image_every=2, image_batch_size=5, crop=16))  # on crops
+                    data=dataclasses.replace(base.data, image_every=2, image_batch_size=5))
     assert [tt.coarse_weight(cfg, s) for s in range(6)] == [1.0] * 3 + [0.0] * 3
     last = tt.main(cfg, run_dir=str(tmp_path / "run"), data=shards)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -159,20 +159,6 @@ def test_image_batch_is_distinct_frames_of_the_clips():
     assert len(set(ids.tolist())) == 7 and torch.equal(img, x.transpose(1, 2).flatten(0, 1)[ids].unsqueeze(2))
     assert torch.equal(img, tt.image_batch(x, 7, seed=1)) and not torch.equal(img, tt.image_batch(x, 7, seed=2))
     assert [tt.is_image_step(debug_cfg(data=DataConfig(image_every=3)), s) for s in range(6)] == [0, 0, 1, 0, 0, 1]
-
-
-def test_busy_crops_find_the_object():
-    x = -torch.ones(8, 3, 3, 32, 32)
-    for b in range(8):  # a 6-pixel square at a different place in each clip, moving one pixel a frame
-        for t in range(3):
-            x[b, :, t, 2 + 3 * b:8 + 3 * b, 4 + t:10 + t] = 1.0
-    crops = tt.busy_crops(x, 16, seed=0)
-    assert crops.shape == (8, 3, 3, 16, 16) and torch.equal(crops, tt.busy_crops(x, 16, seed=0))
-    assert any(torch.equal(crops[0], x[0, ..., i:i + 16, j:j + 16]) for i in range(17) for j in range(17))
-    held = torch.stack([(tt.busy_crops(x, 16, seed) == 1).sum((1, 2, 3, 4)) / (3 * 3 * 36.0) for seed in range(40)])
-    assert (held > 0).float().mean() > 0.95 and held.mean() > 0.7, held.mean()  # the object, most of it
-    with pytest.raises(ValueError, match="data.crop"):
-        TrainConfig(preset="demo", data=DataConfig(crop=20))  # not a multiple of the demo's 8-pixel cells
 
 
 def test_every_recipe_validates():

@@ -160,9 +160,6 @@ class LossConfig:
     background first and the objects late; this term puts their error up front."""
     hard_fraction: float = 0.05
     """Fraction of pixels (of each clip) the hard-pixel L1 averages over."""
-    edge_weight: float = 0.0
-    """Weight of the gradient difference loss (losses.edge_error): the L1 between the magnitudes of
-    the pixel differences of reconstruction and video, which pays for a blurred edge."""
     quantizer_weight: float = 1.0
     """Weight of the quantizer's aux loss (LFQ entropy / VQ commitment; FSQ has none)."""
     gan_weight: float = 0.1
@@ -220,11 +217,6 @@ class DataConfig:
     is coded alone) the objects that video steps learn late."""
     image_batch_size: int = 16
     """Frames per image step (at most micro_batch_size x frames)."""
-    crop: int = 0
-    """Train on crops of crop x crop pixels (a multiple of the spatial factor; 0 = whole clips),
-    drawn where the clip is busy (`train.busy_crops`): small objects on flat backgrounds are a few
-    % of a frame, and a crop puts several times more of a step's compute on them. Validation and
-    the exported tokenizer see whole frames (the model is convolutional)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,9 +261,6 @@ class TrainConfig(RunConfig):
                              f"frames = {self.micro_batch_size * d.frames}], got {d.image_every}, {d.image_batch_size}")
         model = self.tokenizer_config()
         check_frames(d.frames, model.time_factor, "data.frames")  # before training
-        if d.crop and (d.crop % model.spatial_factor or d.crop > min(d.size)):
-            raise ValueError(f"data.crop must be a multiple of the spatial factor {model.spatial_factor} and at most "
-                             f"the clips' size {list(d.size)}, got {d.crop}")
         if not 0 <= self.coarse_until <= 1 or (self.coarse_until < 1 and not model.coarse_weight):
             raise ValueError(f"coarse_until is a fraction of the steps in [0, 1] and below 1 needs model.coarse_weight "
                              f"> 0 (two-level codes), got {self.coarse_until} with coarse_weight {model.coarse_weight}")

@@ -130,14 +130,6 @@ def pixel_errors(diff: Tensor, hard_fraction: float) -> tuple[Tensor, Tensor, Te
     return abs_err.mean(), diff.pow(2).mean(), hard
 
 
-def edge_error(recon: Tensor, video: Tensor) -> Tensor:
-    """The gradient difference loss (Mathieu et al. 2016, alpha = 1) of (B,C,T,H,W) videos: the
-    mean L1 between the magnitudes of their horizontal and vertical pixel differences. A blurred
-    edge costs it as much as a missing one, where the L1 and L2 of pixels pay for a blur in
-    the few pixels an edge crosses."""
-    return sum((recon.diff(dim=d).abs() - video.diff(dim=d).abs()).abs().mean() for d in (-1, -2))
-
-
 class TokenizerLosses:
     """All tokenizer losses for one run (holds LeCAM state and the optional perceptual net)."""
 
@@ -162,10 +154,6 @@ class TokenizerLosses:
         if c.hard_weight > 0:
             loss = loss + c.hard_weight * hard
             logs["l1_hard"] = hard.detach()
-        if c.edge_weight > 0:
-            edge = edge_error(recon, video)
-            loss = loss + c.edge_weight * edge
-            logs["edge"] = edge.detach()
         if self.perceptual is not None:
             p = self.perceptual.to(video.device)(recon, video)
             loss = loss + c.perceptual_weight * p

@@ -112,19 +112,6 @@ def image_batch(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return frames[pick].unsqueeze(2)
 
 
-def busy_crops(x: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """One size x size crop of each clip x (B,C,T,H,W), the same window in all its frames, drawn
-    with probability proportional to how far the window's pixels are from the clip's median
-    colour, plus 1 % of the busiest window's (flat crops still come up): a step's compute goes
-    where the clip has something to draw."""
-    far = (x - x.flatten(2).median(-1).values[..., None, None, None]).abs().amax(1).float().mean(1)  # (B,H,W)
-    busy = torch.nn.functional.avg_pool2d(far[:, None], size, stride=1).flatten(1)  # (B, windows)
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.multinomial(busy + 0.01 * busy.amax(1, keepdim=True) + 1e-6, 1, generator=g)[:, 0].tolist()
-    n = x.shape[-1] - size + 1
-    return torch.stack([c[..., k // n:k // n + size, k % n:k % n + size] for c, k in zip(x, pick)])
-
-
 def set_trainable(module: torch.nn.Module, on: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(on)
@@ -233,8 +220,6 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
             x = next(batches)["video"].to(dist.device, dtype)
             if kind == "image":  # seeded by (seed, step, rank, micro): resumes exactly
                 x = image_batch(x, cfg.data.image_batch_size, derive_seed(cfg.seed, step, dist.rank, micro))
-            if cfg.data.crop:
-                x = busy_crops(x, cfg.data.crop, derive_seed(cfg.seed, step, dist.rank, micro, "crop"))
             recon, ids, g_logs = generator_step(engines, losses, guard, x, step)
             d_logs = discriminator_step(engines, losses, guard, x, recon, step) if losses.gan_active(step) else {}
             for k, v in {**g_logs, **d_logs}.items():

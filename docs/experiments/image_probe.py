@@ -36,7 +36,6 @@ from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
 from vidlm.tokenizer.model import VideoTokenizer
-from vidlm.tokenizer.train import busy_crops
 
 from vidlm.evaluate import heldout_clips, observe
 
@@ -50,8 +49,6 @@ p.add_argument("--obj", type=float, default=0.0, help="extra weight of object pi
 p.add_argument("--edge", type=float, default=0.0, help="extra weight of the object's boundary pixels")
 p.add_argument("--mask", type=float, default=0.0, help="weight of a BCE loss on a fourth decoder channel that "
                "draws the object's mask (its pixels at alpha >= 0.5); the encoder sees RGB only")
-p.add_argument("--crop", type=int, default=0, help="train on CROPxCROP crops where the frame is busy "
-               "(the tokenizer trainer's data.crop, vidlm.tokenizer.train.busy_crops)")
 p.add_argument("--arch", choices=("preset", "patch"), default="preset")
 p.add_argument("--width", type=int, default=128, help="--arch patch: channels at the cell grid")
 p.add_argument("--depth", type=int, default=1, help="--arch patch: residual blocks on each side")
@@ -124,8 +121,6 @@ g = torch.Generator().manual_seed(0)
 t0, step, total = time.time(), 0, 60 * a.minutes
 while time.time() - t0 < total:
     x = frames[torch.randint(0, len(frames), (a.batch,), generator=g)].permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1
-    if a.crop:
-        x = busy_crops(x, a.crop, int(torch.randint(2**62, (), generator=g)))
     lr = a.lr * min(1, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * (time.time() - t0) / total))
     for group in opt.param_groups:
         group["lr"] = lr
