@@ -11,6 +11,7 @@ the reconstructions. One JSON line per run goes to OUT/image.jsonl (docs/experim
     python docs/experiments/image_probe.py --name patch --arch patch --width 128 --depth 1
     python docs/experiments/image_probe.py --name mask --mask 1 --minutes 30
     python docs/experiments/image_probe.py --name refine4 --refine 2 --minutes 40
+    python docs/experiments/image_probe.py --name enc11 --refine 2 --minutes 40 --enc-blocks 1,1
 
 --mask W adds a fourth decoder channel trained (BCE, weight W) to draw the object's mask, so the
 codes must say where its edge runs; "shape_mask" reads the shape from that drawn mask.
@@ -35,7 +36,7 @@ from probe_common import median_distance, object_weights, parse, report, trainin
 from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
-from vidlm.tokenizer.model import VideoTokenizer
+from vidlm.tokenizer.model import ConvBlock, VideoTokenizer
 
 from vidlm.evaluate import heldout_clips, observe
 
@@ -52,6 +53,9 @@ p.add_argument("--mask", type=float, default=0.0, help="weight of a BCE loss on 
 p.add_argument("--arch", choices=("preset", "patch"), default="preset")
 p.add_argument("--width", type=int, default=128, help="--arch patch: channels at the cell grid")
 p.add_argument("--depth", type=int, default=1, help="--arch patch: residual blocks on each side")
+p.add_argument("--enc-blocks", default="", help="residual blocks added to each encoder level, finest grid first "
+               "(\"1,1\": one at 32x32 before the downsampling, one at 16x16 after it)")
+p.add_argument("--dec-blocks", default="", help="the same for the decoder (\"0,2\": two at 16x16, before the upsampling)")
 p.add_argument("--refine", type=int, default=0, help="two-level codes: one code per 8x8-pixel cell, and four "
                "more (one per 4x4 pixels) in 2R of them (the tokenizer's refine_rows)")
 a = parse(p, batch=32)
@@ -60,6 +64,11 @@ overrides = json.loads(a.model) | ({"in_channels": 4} if a.mask else {})
 if a.refine:  # the preset's codec at 4x4-pixel cells, its latent widened to carry both levels
     overrides |= {"refine_rows": a.refine, "channel_mult": [1, 2], "latent_dim": 16}
 m = VideoTokenizer(TokenizerConfig.from_name("demo", **overrides))
+for coder, counts in ((m.encoder, a.enc_blocks), (m.decoder, a.dec_blocks)):  # levels: finest grid first
+    levels = coder.blocks if coder is m.encoder else coder.blocks[::-1]
+    for level, n, w in zip(levels, (int(v) for v in counts.split(",") if counts), (m.cfg.channels * k for k in m.cfg.channel_mult)):
+        for _ in range(n):
+            level.insert(0, ConvBlock(w, w, m.cfg.norm_groups, residual=True))
 
 
 class Res(nn.Module):
