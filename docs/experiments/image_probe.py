@@ -36,7 +36,7 @@ from probe_common import median_distance, object_weights, parse, report, trainin
 from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
-from vidlm.tokenizer.model import ConvBlock, VideoTokenizer
+from vidlm.tokenizer.model import ConvBlock, VideoTokenizer, _widths
 
 from vidlm.evaluate import heldout_clips, observe
 
@@ -66,7 +66,7 @@ if a.refine:  # the preset's codec at 4x4-pixel cells, its latent widened to car
 m = VideoTokenizer(TokenizerConfig.from_name("demo", **overrides))
 for coder, counts in ((m.encoder, a.enc_blocks), (m.decoder, a.dec_blocks)):  # levels: finest grid first
     levels = coder.blocks if coder is m.encoder else coder.blocks[::-1]
-    for level, n, w in zip(levels, (int(v) for v in counts.split(",") if counts), (m.cfg.channels * k for k in m.cfg.channel_mult)):
+    for level, n, w in zip(levels, (int(v) for v in counts.split(",") if counts), _widths(m.cfg)):
         for _ in range(n):
             level.insert(0, ConvBlock(w, w, m.cfg.norm_groups, residual=True))
 
