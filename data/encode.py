@@ -1,4 +1,4 @@
-"""Writing video: frames to uint8, H.264 mp4 bytes (PyAV, yuv420p), files (mp4, or GIF/PNG by
+"""Writing video: frames to uint8, H.264 mp4 bytes (PyAV, yuv420p; yuv444p for training data), files (mp4, or GIF/PNG by
 suffix) and the downscaled copies `vidlm data shards --max-side` stores (decoding: vidlm.data.video).
 """
 
@@ -40,38 +40,47 @@ def to_uint8(video) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar yuv420p, BT.601 limited range (what
-    decoders assume for untagged H.264). Done here, not by swscale, whose first conversion in a
-    process differs from later ones: this keeps the encoded bytes reproducible."""
+def rgb_to_yuv(frame: np.ndarray, chroma: str = "420") -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> planar uint8 YUV, BT.601 limited range (what decoders assume for
+    untagged H.264): chroma "420" halves the chroma planes both ways ((H * 3 / 2, W), yuv420p),
+    "444" keeps them whole ((3, H, W), yuv444p). Done here, not by swscale, whose first
+    conversion in a process differs from later ones: this keeps the encoded bytes reproducible."""
     rgb = frame.astype(np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     y = 16 + 0.256788 * r + 0.504129 * g + 0.097906 * b
     cb = 128 - 0.148223 * r - 0.290993 * g + 0.439216 * b
     cr = 128 + 0.439216 * r - 0.367788 * g - 0.071427 * b
+    if chroma == "444":
+        return np.clip(np.round(np.stack([y, cb, cr])), 0, 255).astype(np.uint8)
     pool = lambda c: rearrange(c, "(h i) (w j) -> h w (i j)", i=2, j=2).mean(-1)
     planes = [y.ravel(), pool(cb).ravel(), pool(cr).ravel()]
     out = np.clip(np.round(np.concatenate(planes)), 0, 255).astype(np.uint8)
     return out.reshape(frame.shape[0] * 3 // 2, frame.shape[1])
 
 
-def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18) -> bytes:
-    """(T, H, W, 3) uint8 -> H.264 yuv420p mp4 bytes (width and height must be even)."""
+def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18, chroma: str = "420") -> bytes:
+    """(T, H, W, 3) uint8 -> H.264 mp4 bytes (width and height must be even). chroma "420"
+    (yuv420p) plays everywhere and is what users get; "444" (yuv444p, High 4:4:4) keeps colour
+    edges whole, for training data whose objects are a few pixels wide: 4:2:0 blurs a 6-pixel
+    triangle's colour into a circle's (docs/experiments.md, eighteenth round)."""
     import av
 
+    if chroma not in ("420", "444"):
+        raise ValueError(f"chroma must be '420' or '444', got {chroma!r}")
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
         raise ValueError(f"mp4 (H.264 yuv420p) needs even width and height, got {w}x{h}: crop or pad "
                          "the video first, or write .gif/.webp/.png")
     rate = Fraction(fps).limit_denominator(1001)
+    fmt = f"yuv{chroma}p"
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         # mbtree's lookahead made x264 output differ between identical calls (~1 in 15)
         stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "x264-params": "no-mbtree=1"})
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w, h, fmt
         stream.thread_count = 1
         for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(f), format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv(f, chroma), format=fmt)
             frame.pts, frame.time_base = i, 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)

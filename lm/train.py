@@ -69,11 +69,11 @@ def validate(engine, val_batches: list[dict], device) -> dict[str, float]:
 def init_folder(cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> Path | None:
     """The folder `init_from` names, checked against this run's architecture and vocab (before
     anything is built: a wrong one is refused at once)."""
-    from vidlm.config import ConfigError, init_folder, to_dict
+    from vidlm.config import ConfigError, init_folder
 
     if cfg.init_from is None:
         return None
-    path = init_folder(cfg.init_from, "lm", to_dict(lm_cfg))
+    path = init_folder(cfg.init_from, "lm", lm_cfg)
     if Vocab.from_pretrained(path).to_dict() != vocab.to_dict():
         raise ConfigError(f"init_from: {path} was trained on another vocab than the token data's; tokenize the "
                           "data with the same video tokenizer and text model")

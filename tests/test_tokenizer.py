@@ -33,6 +33,8 @@ SMALL8 = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor"
           "latent_dim": 4, "norm_groups": 4}
 # Two-level codes on the same cells: 4x4 pixels underneath, a code per 8x8 cell, 2 rows of fine codes.
 TWO = SMALL8 | {"channel_mult": (1, 2, 2), "latent_dim": 8, "refine_rows": 2}
+# The same with every frame its own code, coded alone.
+KT1 = TWO | {"channel_mult": (1, 2), "time_factor": 1, "temporal_kernel": 1}
 
 
 @pytest.mark.parametrize("kw", [{}, SMALL8, TWO], ids=["s4", "s8", "two-level"])
@@ -85,7 +87,20 @@ def test_bad_shapes_get_clear_errors():
         m.decode(torch.full((1, 1, 2, 2), 125))
 
 
-@pytest.mark.parametrize("kw", [{}, SMALL8, TWO], ids=["s4", "s8", "two-level"])
+def test_temporal_kernel_1_codes_every_frame_as_an_image():
+    m = make(**KT1)
+    x = video(t=5)
+    ids = m.encode(x)
+    assert ids.shape[1] == 5
+    for k in range(5):
+        assert torch.equal(m.encode(x[:, :, k : k + 1])[:, 0], ids[:, k])
+        torch.testing.assert_close(m.decode(ids[:, k : k + 1])[:, :, 0], m.decode(ids)[:, :, k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="temporal_kernel"):
+        TokenizerConfig.from_name("debug", temporal_kernel=1)  # time factor 4 needs a kernel that strides
+
+
+@pytest.mark.parametrize("kw", [{}, SMALL8, TWO, KT1],
+                         ids=["s4", "s8", "two-level", "kt1"])
 def test_chunked_equals_one_shot(kw):
     m = make(**kw)
     x = video(b=1, t=29, h=32, w=32)

@@ -116,6 +116,11 @@ def test_debug_run_lowers_loss_and_resumes_exactly(dist, shards, tmp_path):
         tt.main(debug_cfg(steps=1, init_from=str(tmp_path / "raw"), model={"norm_groups": 2}),
                 run_dir=str(tmp_path / "other"), data=shards)
     assert not (tmp_path / "other").exists()
+    # an export written before a config field existed reads as that field's default
+    meta = json.loads((tmp_path / "raw" / "config.json").read_text())
+    del meta["config"]["temporal_kernel"]
+    (tmp_path / "raw" / "config.json").write_text(json.dumps(meta))
+    tt.main(debug_cfg(steps=1, init_from=str(tmp_path / "raw")), run_dir=str(tmp_path / "older"), data=shards)
     report = tmp_path / "eval" / "report.json"
     assert cli(["eval", "--model", str(tmp_path / "raw"), "--data", shards, "--size", "32x32", "--frames", "9",
                 "--clips", "3", "--batch-size", "2", "--out", str(report)]) == 0

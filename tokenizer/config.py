@@ -68,6 +68,9 @@ class TokenizerConfig:
     """VQ commitment loss weight."""
     norm_groups: int = 8
     """GroupNorm groups (applied per frame: causal in time)."""
+    temporal_kernel: int = 3
+    """Frames each convolution sees (the current one and kt - 1 before it). 1 with time_factor 1
+    codes every frame as an image, and leaves all of time to the LM."""
     refine_rows: int = 0
     """Two-level codes (model.TwoLevel); 0 = off. With r > 0 the encoder stops at cells of
     spatial_factor/2 pixels; each latent frame gets a coarse code per spatial_factor cell (its h
@@ -98,6 +101,9 @@ class TokenizerConfig:
         tf = self.time_factor
         if tf < 1 or tf & (tf - 1):
             raise ValueError(f"time_factor must be a power of 2, got {tf}")
+        if self.temporal_kernel < 1 or (tf > 1 and self.temporal_kernel < 2):
+            raise ValueError(f"temporal_kernel must be >= 1, and >= 2 to downsample time (time_factor {tf}), "
+                             f"got {self.temporal_kernel}")
         need = max(self.space_steps, int(math.log2(tf)))
         if steps != need:
             raise ValueError(f"channel_mult needs {need + 1} entries (one per level; {need} downsampling "

@@ -80,9 +80,9 @@ class FrameNorm(nn.GroupNorm):
 class ConvBlock(nn.Module):
     """Causal conv -> per-frame GroupNorm -> SiLU; with `residual`, x + block(x) (same widths)."""
 
-    def __init__(self, cin: int, cout: int, groups: int, stride=(1, 1, 1), residual: bool = False):
+    def __init__(self, cin: int, cout: int, groups: int, stride=(1, 1, 1), residual: bool = False, kt: int = 3):
         super().__init__()
-        self.conv, self.norm = CausalConv3d(cin, cout, stride=stride), FrameNorm(groups, cout)
+        self.conv, self.norm = CausalConv3d(cin, cout, (kt, 3, 3), stride), FrameNorm(groups, cout)
         self.residual = residual  # same widths, stride 1
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
@@ -93,8 +93,8 @@ class ConvBlock(nn.Module):
 class Down(ConvBlock):
     """A strided ConvBlock: space /2 and/or time /2 (frame 0 stays alone: 1+2m -> 1+m)."""
 
-    def __init__(self, cin: int, cout: int, groups: int, time: bool, space: bool):
-        super().__init__(cin, cout, groups, stride=(2 if time else 1, 2 if space else 1, 2 if space else 1))
+    def __init__(self, cin: int, cout: int, groups: int, time: bool, space: bool, kt: int = 3):
+        super().__init__(cin, cout, groups, stride=(2 if time else 1, 2 if space else 1, 2 if space else 1), kt=kt)
 
 
 class Up(nn.Module):
@@ -103,10 +103,10 @@ class Up(nn.Module):
     is dropped: 1+m -> 1+2m). No linear layer sits between blocks: measured on the shapes world,
     a separate time conv before the spatial one learned ~5 dB slower in the first 300 steps."""
 
-    def __init__(self, cin: int, cout: int, groups: int, time: bool, space: bool):
+    def __init__(self, cin: int, cout: int, groups: int, time: bool, space: bool, kt: int = 3):
         super().__init__()
         self.time, self.space = time, space
-        self.conv, self.norm = CausalConv3d(cin, cout * (2 if time else 1)), FrameNorm(groups, cout)
+        self.conv, self.norm = CausalConv3d(cin, cout * (2 if time else 1), (kt, 3, 3)), FrameNorm(groups, cout)
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         if self.space:
@@ -139,15 +139,15 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        w, g, p = _widths(cfg), cfg.norm_groups, cfg.patch
+        w, g, p, kt = _widths(cfg), cfg.norm_groups, cfg.patch, cfg.temporal_kernel
         self.patch = p
-        self.conv_in = ConvBlock(cfg.in_channels * p * p, w[0], g)
+        self.conv_in = ConvBlock(cfg.in_channels * p * p, w[0], g, kt=kt)
         self.blocks = nn.ModuleList()
         kinds = _down_kinds(cfg)
         for i in range(len(w)):
-            level = nn.ModuleList(ConvBlock(w[i], w[i], g, residual=True) for _ in range(cfg.num_res_blocks))
+            level = nn.ModuleList(ConvBlock(w[i], w[i], g, residual=True, kt=kt) for _ in range(cfg.num_res_blocks))
             if i < len(kinds):
-                level.append(Down(w[i], w[i + 1], g, *kinds[i]))
+                level.append(Down(w[i], w[i + 1], g, *kinds[i], kt=kt))
             self.blocks.append(level)
         self.conv_out = CausalConv3d(w[-1], cfg.latent_dim, kernel=(1, 1, 1))
 
@@ -166,17 +166,17 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        w, g, p = _widths(cfg), cfg.norm_groups, cfg.patch
+        w, g, p, kt = _widths(cfg), cfg.norm_groups, cfg.patch, cfg.temporal_kernel
         self.patch = p
-        self.conv_in = CausalConv3d(cfg.latent_dim, w[-1])
+        self.conv_in = CausalConv3d(cfg.latent_dim, w[-1], (kt, 3, 3))
         self.blocks = nn.ModuleList()
         kinds = _down_kinds(cfg)
         for i in reversed(range(len(w))):
-            level = nn.ModuleList(ConvBlock(w[i], w[i], g, residual=True) for _ in range(cfg.num_res_blocks))
+            level = nn.ModuleList(ConvBlock(w[i], w[i], g, residual=True, kt=kt) for _ in range(cfg.num_res_blocks))
             if i > 0:
-                level.append(Up(w[i], w[i - 1], g, *kinds[i - 1]))
+                level.append(Up(w[i], w[i - 1], g, *kinds[i - 1], kt=kt))
             self.blocks.append(level)
-        self.conv_out = CausalConv3d(w[0], cfg.in_channels * p * p)
+        self.conv_out = CausalConv3d(w[0], cfg.in_channels * p * p, (kt, 3, 3))
 
     def features(self, z: Tensor, cache: Cache | None = None) -> Tensor:
         # z (B,D,t,h,w) -> the last layer's input (B,C0,T,H/p,W/p)

@@ -37,9 +37,9 @@ ENGINES = ("generator", "discriminator")
 
 def init_folder(cfg: TrainConfig) -> Path | None:
     """The folder `init_from` names, checked against this run's tokenizer config (at once)."""
-    from vidlm.config import init_folder, to_dict
+    from vidlm.config import init_folder
 
-    return init_folder(cfg.init_from, "tokenizer", to_dict(cfg.tokenizer_config())) if cfg.init_from else None
+    return init_folder(cfg.init_from, "tokenizer", cfg.tokenizer_config()) if cfg.init_from else None
 
 
 def build_engines(cfg: TrainConfig, dist, deepspeed_json: str | None, init: Path | None = None):

@@ -176,10 +176,11 @@ def resolve_weights(path: str | Path) -> Path:
     raise FileNotFoundError(f"model folder {path} does not exist")
 
 
-def init_folder(init_from: str, part: str, ours: dict) -> Path:
+def init_folder(init_from: str, part: str, ours: Any) -> Path:
     """The exported weights a run's `init_from` names (a folder written by `vidlm PART export`, a
     model folder holding PART/, or shipped weights by name), refused at once with a ConfigError
-    unless their config is `ours` (this run's architecture)."""
+    unless their config is `ours` (this run's architecture, a config dataclass; fields their
+    config.json predates count as the defaults they were)."""
     path = resolve_weights(init_from)
     path = path / part if (path / part).is_dir() else path
     if not (path / "config.json").is_file():
@@ -187,6 +188,7 @@ def init_folder(init_from: str, part: str, ours: dict) -> Path:
                           f"write one with `vidlm {part} export --run RUN --out DIR`")
     theirs = read_json(path / "config.json")
     theirs = theirs.get("config", theirs) if isinstance(theirs, dict) and "format" in theirs else theirs
+    theirs, ours = to_dict(from_dict(type(ours), theirs, where=str(path / "config.json"))), to_dict(ours)
     if theirs != ours:
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise ConfigError(f"init_from: {path} is another architecture than this run's (differs in {diff}); "

@@ -36,7 +36,7 @@ from probe_common import median_distance, object_weights, parse, report, trainin
 from torch import nn
 from vidlm.data.synthetic import classify_shape
 from vidlm.tokenizer.config import TokenizerConfig
-from vidlm.tokenizer.model import ConvBlock, VideoTokenizer, _widths
+from vidlm.tokenizer.model import ConvBlock, FrameNorm, VideoTokenizer, _widths
 
 from vidlm.evaluate import heldout_clips, observe
 
@@ -56,6 +56,8 @@ p.add_argument("--depth", type=int, default=1, help="--arch patch: residual bloc
 p.add_argument("--enc-blocks", default="", help="residual blocks added to each encoder level, finest grid first "
                "(\"1,1\": one at 32x32 before the downsampling, one at 16x16 after it)")
 p.add_argument("--dec-blocks", default="", help="the same for the decoder (\"0,2\": two at 16x16, before the upsampling)")
+p.add_argument("--norm", choices=("frame", "pixel", "none"), default="frame", help="the coders' normalization: the "
+               "preset's GroupNorm over each frame, a LayerNorm over the channels of each pixel, or none")
 p.add_argument("--refine", type=int, default=0, help="two-level codes: one code per 8x8-pixel cell, and four "
                "more (one per 4x4 pixels) in 2R of them (the tokenizer's refine_rows)")
 a = parse(p, batch=32)
@@ -69,6 +71,24 @@ for coder, counts in ((m.encoder, a.enc_blocks), (m.decoder, a.dec_blocks)):  # 
     for level, n, w in zip(levels, (int(v) for v in counts.split(",") if counts), _widths(m.cfg)):
         for _ in range(n):
             level.insert(0, ConvBlock(w, w, m.cfg.norm_groups, residual=True))
+
+
+class PixelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel of (B,C,T,H,W): no statistics across space."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x):
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+if a.norm != "frame":
+    for parent in list(m.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, FrameNorm):
+                setattr(parent, name, PixelNorm(child.num_channels) if a.norm == "pixel" else nn.Identity())
 
 
 class Res(nn.Module):
