@@ -69,7 +69,7 @@ def encode_mp4(frames: np.ndarray, fps: float, *, crf: int = 18, chroma: str = "
         raise ValueError(f"chroma must be '420' or '444', got {chroma!r}")
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
-        raise ValueError(f"mp4 (H.264 yuv420p) needs even width and height, got {w}x{h}: crop or pad "
+        raise ValueError(f"mp4 (H.264) needs even width and height, got {w}x{h}: crop or pad "
                          "the video first, or write .gif/.webp/.png")
     rate = Fraction(fps).limit_denominator(1001)
     fmt = f"yuv{chroma}p"
