@@ -70,7 +70,7 @@ for coder, counts in ((m.encoder, a.enc_blocks), (m.decoder, a.dec_blocks)):  # 
     levels = coder.blocks if coder is m.encoder else coder.blocks[::-1]
     for level, n, w in zip(levels, (int(v) for v in counts.split(",") if counts), _widths(m.cfg)):
         for _ in range(n):
-            level.insert(0, ConvBlock(w, w, m.cfg.norm_groups, residual=True))
+            level.insert(0, ConvBlock(w, w, m.cfg.norm_groups, residual=True, kt=m.cfg.temporal_kernel))
 
 
 class PixelNorm(nn.Module):
