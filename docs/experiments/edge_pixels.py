@@ -46,7 +46,8 @@ def alpha(frame: np.ndarray, colour, background) -> np.ndarray:
 
 
 def shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    return np.roll(np.roll(mask, dy, 0), dx, 1)  # objects never touch the frame's border
+    # wraps at the frame's border: the far side is background there, as zero padding would be
+    return np.roll(np.roll(mask, dy, 0), dx, 1)
 
 
 groups = defaultdict(lambda: defaultdict(lambda: [0, 0, 0.0, 0.0]))  # shape -> group -> n, lost, sum alphas

@@ -1,6 +1,7 @@
 """Memorise probe: can the two-level demo codec draw corners at all, on frames it has seen?
-Trains the codec of `recipes/demo/shapes-two-level.yaml` (image_probe.py's loss: L1 + L2 + the
-worst 5 % of pixels, the scorer's aux loss; AdamW, cosine over the steps, bf16 autocast) on the
+Trains the codec of `recipes/demo/shapes-two-level.yaml`, without its coarse loss (image_probe.py's
+loss: L1 + L2 + the worst 5 % of pixel values, where the trainer's `pixel_errors` takes each pixel's
+mean over its channels; the scorer's aux loss; AdamW, cosine over the steps, bf16 autocast) on the
 very frames it is scored on, frames 0, 8 and 16 of the 48 held-out clips of `vidlm eval world`
 (144 frames, batch 32), and reads their shape with the detector at each quarter of the steps.
 Corners that come back here would put the trainer's gap in generalisation or compute; corners
