@@ -35,6 +35,8 @@ SMALL8 = {"channels": 8, "channel_mult": (1, 2, 2), "patch": 2, "spatial_factor"
 TWO = SMALL8 | {"channel_mult": (1, 2, 2), "latent_dim": 8, "refine_rows": 2}
 # The same with every frame its own code, coded alone.
 KT1 = TWO | {"channel_mult": (1, 2), "time_factor": 1, "temporal_kernel": 1}
+# The same drawing each pixel as a mixture of 3 colours.
+MIX = KT1 | {"out_mixture": 3}
 
 
 @pytest.mark.parametrize("kw", [{}, SMALL8, TWO], ids=["s4", "s8", "two-level"])
@@ -99,8 +101,8 @@ def test_temporal_kernel_1_codes_every_frame_as_an_image():
         TokenizerConfig.from_name("debug", temporal_kernel=1)  # time factor 4 needs a kernel that strides
 
 
-@pytest.mark.parametrize("kw", [{}, SMALL8, TWO, KT1],
-                         ids=["s4", "s8", "two-level", "kt1"])
+@pytest.mark.parametrize("kw", [{}, SMALL8, TWO, KT1, MIX],
+                         ids=["s4", "s8", "two-level", "kt1", "mixture"])
 def test_chunked_equals_one_shot(kw):
     m = make(**kw)
     x = video(b=1, t=29, h=32, w=32)
@@ -191,13 +193,32 @@ def test_coarse_weight_trains_the_coarse_codes_to_draw_alone():
         TokenizerConfig.from_name("debug", coarse_weight=0.5)  # one-level codes have no coarse codes alone
 
 
-@pytest.mark.parametrize("kw", [{"latent_dim": 3}, {"latent_dim": 4}, TWO], ids=["no-projection", "projection", "two-level"])
+@pytest.mark.parametrize("kw", [{"latent_dim": 3}, {"latent_dim": 4}, TWO, MIX],
+                         ids=["no-projection", "projection", "two-level", "mixture"])
 def test_bf16_model_codes_and_decodes_in_bf16(kw):
     # FSQ with latent_dim == len(levels) has no projection weights to take the dtype from
     m = make(**kw).to(torch.bfloat16)
     x = video(b=1, t=5, h=16, w=16).to(torch.bfloat16)
     rec = m.decode(m.encode(x))
     assert rec.dtype == torch.bfloat16 and rec.shape == x.shape and m(x)[0].dtype == torch.bfloat16
+
+
+def test_mixture_head_draws_each_pixel_between_its_colours():
+    m = make(**MIX)
+    assert m.decoder.conv_out.conv.out_channels == 3 * (3 + 1) * 2 * 2  # K x (RGB + logit) x patch^2
+    feats = m.decoder.features(m.encoder(video(b=1, t=2)))  # the unquantized latent is enough here
+    raw = rearrange(m.decoder.conv_out(feats), "b (k c p q) t h w -> b k c t (h p) (w q)", k=3, c=4, p=2, q=2)
+    rec = m.decoder.head(feats)
+    lo, hi = raw[:, :, :3].min(1).values, raw[:, :, :3].max(1).values
+    assert rec.shape == (1, 3, 2, 32, 32) and bool(((rec >= lo - 1e-6) & (rec <= hi + 1e-6)).all())
+    # one logit far above the others: that component's colour alone
+    raw[:, 1, 3] += 100
+    flat = rearrange(raw, "b k c t (h p) (w q) -> b (k c p q) t h w", p=2, q=2)
+    m.decoder.conv_out.forward = lambda *_a, **_k: flat
+    torch.testing.assert_close(m.decoder.head(feats), raw[:, 1, :3])
+    for bad in (1, -1):
+        with pytest.raises(ValueError, match="out_mixture"):
+            TokenizerConfig.from_name("debug", out_mixture=bad)
 
 
 def test_presets_build_and_document_their_grid():

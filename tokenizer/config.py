@@ -77,6 +77,12 @@ class TokenizerConfig:
     rows of the grid) and r more rows: the 2x2 fine codes of the r*w/4 coarse cells that a small
     scorer, reading the coarse codes alone, predicts to be drawn worst (an object's edges). The
     grid is (t, h + r, w): the LM sees plain rows, and the chosen cells follow from the codes."""
+    out_mixture: int = 0
+    """The decoder's last layer draws each pixel as a mixture of K colours: K colours and K logits
+    a pixel, the pixel = the colours weighted by the logits' softmax; 0 = one colour a pixel. The
+    softmax draws a sharp edge between two colours wherever the logits cross, where one linear layer
+    blurs it; on the shapes world a mixture of 4 at channels 64 learns the objects' corners that
+    no width, depth or code size did alone (docs/experiments.md, "Shape, twenty-first round")."""
     coarse_weight: float = 0.0
     """Two-level codes: the weight of a pixel loss on what the coarse codes draw alone (L1 + L2 +
     the hard-pixel L1 of the worst 5 %, inside the quantizer's aux), so that they draw the object
@@ -89,6 +95,9 @@ class TokenizerConfig:
         if self.coarse_weight < 0 or (self.coarse_weight and not self.refine_rows):
             raise ValueError(f"coarse_weight must be >= 0 and needs refine_rows > 0, got {self.coarse_weight} "
                              f"with refine_rows {self.refine_rows}")
+        if self.out_mixture < 0 or self.out_mixture == 1:
+            raise ValueError(f"out_mixture must be 0 (off) or the number of colours a pixel mixes (>= 2), "
+                             f"got {self.out_mixture}")
         if self.refine_rows < 0 or (self.refine_rows and self.quantizer != "fsq"):
             raise ValueError(f"refine_rows must be >= 0 and needs the fsq quantizer, got {self.refine_rows} "
                              f"with {self.quantizer}")

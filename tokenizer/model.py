@@ -167,7 +167,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         w, g, p, kt = _widths(cfg), cfg.norm_groups, cfg.patch, cfg.temporal_kernel
-        self.patch = p
+        self.patch, self.mixture = p, cfg.out_mixture
         self.conv_in = CausalConv3d(cfg.latent_dim, w[-1], (kt, 3, 3))
         self.blocks = nn.ModuleList()
         kinds = _down_kinds(cfg)
@@ -176,7 +176,8 @@ class Decoder(nn.Module):
             if i > 0:
                 level.append(Up(w[i], w[i - 1], g, *kinds[i - 1], kt=kt))
             self.blocks.append(level)
-        self.conv_out = CausalConv3d(w[0], cfg.in_channels * p * p, (kt, 3, 3))
+        per_pixel = (cfg.in_channels + 1) * cfg.out_mixture if cfg.out_mixture else cfg.in_channels
+        self.conv_out = CausalConv3d(w[0], per_pixel * p * p, (kt, 3, 3))
 
     def features(self, z: Tensor, cache: Cache | None = None) -> Tensor:
         # z (B,D,t,h,w) -> the last layer's input (B,C0,T,H/p,W/p)
@@ -188,8 +189,12 @@ class Decoder(nn.Module):
 
     def head(self, feats: Tensor, cache: Cache | None = None, weight: Tensor | None = None) -> Tensor:
         # the last layer: feats -> x (B,C,T,H,W); `weight` replaces conv_out's (adaptive GAN weight)
-        x = self.conv_out(feats, cache, weight)
-        return rearrange(x, "b (c p q) t h w -> b c t (h p) (w q)", p=self.patch, q=self.patch)
+        x = rearrange(self.conv_out(feats, cache, weight), "b (c p q) t h w -> b c t (h p) (w q)",
+                      p=self.patch, q=self.patch)
+        if not self.mixture:
+            return x
+        x = rearrange(x, "b (k c) t h w -> b k c t h w", k=self.mixture)  # per component: C colour channels, a logit
+        return (x[:, :, :-1].float() * x[:, :, -1:].float().softmax(1)).sum(1).to(x.dtype)
 
     def forward(self, z: Tensor, cache: Cache | None = None) -> Tensor:
         return self.head(self.features(z, cache), cache)

@@ -3,15 +3,18 @@ Trains the codec of `recipes/demo/shapes-two-level.yaml`, without its coarse los
 loss: L1 + L2 + the worst 5 % of pixel values, where the trainer's `pixel_errors` takes each pixel's
 mean over its channels; the scorer's aux loss; AdamW, cosine over the steps, bf16 autocast) on the
 very frames it is scored on, frames 0, 8 and 16 of the 48 held-out clips of `vidlm eval world`
-(144 frames, batch 32), and reads their shape with the detector at each quarter of the steps.
-Corners that come back here would put the trainer's gap in generalisation or compute; corners
-still lost put it in the codec. docs/experiments.md, twentieth round.
+(144 frames, batch 32; `--clips` fewer), and reads their shape with the detector at each quarter
+of the steps. Corners that come back here would put the trainer's gap in generalisation or
+compute; corners still lost put it in the codec, and `--quant free` (no encoder: each frame's
+latent learnt as a parameter) in its decoder. docs/experiments.md, twentieth and twenty-first rounds.
 
     python docs/experiments/memorise_probe.py                       # the recipe's codec
     python docs/experiments/memorise_probe.py --quant none          # no quantizer: 16 floats a 4x4 cell
     python docs/experiments/memorise_probe.py --model '{"temporal_kernel": 3, "time_factor": 2}'
     python docs/experiments/memorise_probe.py --up shuffle          # sub-pixel upsampling
     python docs/experiments/memorise_probe.py --lr 3e-3
+    python docs/experiments/memorise_probe.py --quant none --clips 11 --steps 1000 --model '{"out_mixture": 4, "channels": 64}'
+    python docs/experiments/memorise_probe.py --quant free --clips 11 --steps 1000   # the decoder alone
 """
 import argparse
 import json
@@ -29,8 +32,10 @@ from vidlm.evaluate import heldout_clips, observe
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=2000)
 p.add_argument("--lr", type=float, default=1e-3)
-p.add_argument("--quant", choices=("two", "none"), default="two",
-               help="two: the recipe's two-level FSQ codes; none: the encoder's latent goes to the decoder as is")
+p.add_argument("--clips", type=int, default=48, help="held-out clips whose frames 0, 8 and 16 are learnt")
+p.add_argument("--quant", choices=("two", "none", "free"), default="two",
+               help="two: the recipe's two-level FSQ codes; none: the encoder's latent goes to the decoder as is; "
+               "free: no encoder, each frame's latent is a free parameter learnt beside the decoder (at 30x the lr)")
 p.add_argument("--model", default="{}", help="TokenizerConfig overrides of the recipe's codec (JSON)")
 p.add_argument("--up", choices=("nearest", "shuffle"), default="nearest",
                help="shuffle: the decoder's spatial upsampling convolves at the coarse grid to 4x the channels and "
@@ -38,7 +43,7 @@ p.add_argument("--up", choices=("nearest", "shuffle"), default="nearest",
 a = p.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(0)
-clips = heldout_clips(48, 0)
+clips = heldout_clips(a.clips, 0)
 xs = torch.cat([v[None, :, k : k + 1] for v, _, _ in clips for k in (0, 8, 16)])  # (144,3,1,H,W)
 worlds = [w for _, _, w in clips for _ in (0, 8, 16)]
 recipe = {"refine_rows": 2, "channel_mult": [1, 2], "latent_dim": 16, "time_factor": 1, "temporal_kernel": 1}
@@ -61,22 +66,26 @@ if a.up == "shuffle":
 print(sum(p.numel() for p in m.parameters()), "parameters", flush=True)
 
 
-def run(x):
+latents = torch.nn.Parameter(torch.randn(len(xs), *m.encoder(xs[:1]).shape[1:])) if a.quant == "free" else None
+
+
+def run(x, idx):
+    """Reconstructions of the frames xs[idx] = x, and the quantizer's aux loss."""
     aux = torch.zeros(())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        z = m.encoder(x)
+        z = latents[idx] if a.quant == "free" else m.encoder(x)
         if a.quant == "two":
             z, _, aux = m.quantizer(z, x, m.decoder if m.training else None)
         return m.decoder(z).float(), aux
 
 
 def score() -> tuple[float, float]:
-    """Mean PSNR and the share of the 144 frames whose shape the detector reads."""
+    """Mean PSNR and the share of the frames whose shape the detector reads."""
     m.eval()
     psnr, read = [], []
     with torch.no_grad():
         for i in range(0, len(xs), 48):
-            for x, r, w in zip(xs[i : i + 48], run(xs[i : i + 48])[0].clamp(-1, 1), worlds[i : i + 48]):
+            for x, r, w in zip(xs[i : i + 48], run(xs[i : i + 48], slice(i, i + 48))[0].clamp(-1, 1), worlds[i : i + 48]):
                 psnr.append(float(10 * torch.log10(4 / (r - x).pow(2).mean())))
                 seen = observe(r, w["background"])[0]
                 read.append(bool(seen) and seen["shape"] == w["objects"][0]["shape"])
@@ -84,15 +93,17 @@ def score() -> tuple[float, float]:
     return round(float(np.mean(psnr)), 2), round(float(np.mean(read)), 3)
 
 
-opt = torch.optim.AdamW(m.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
+groups = [{"params": list(m.parameters()), "scale": 1.0}] + ([{"params": [latents], "scale": 30.0}] if a.quant == "free" else [])
+opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
 g = torch.Generator().manual_seed(0)
 t0 = time.time()
 for step in range(a.steps):
-    x = xs[torch.randint(0, len(xs), (32,), generator=g)]
+    idx = torch.randint(0, len(xs), (32,), generator=g)
+    x = xs[idx]
     lr = a.lr * min(1, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * step / a.steps))
     for group in opt.param_groups:
-        group["lr"] = lr
-    out, aux = run(x)
+        group["lr"] = lr * group["scale"]
+    out, aux = run(x, idx)
     err = (out - x).abs()
     loss = (err + err.pow(2)).mean() + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean() + aux
     opt.zero_grad(set_to_none=True)
