@@ -24,10 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from probe_common import psnr_and_shape, scored_frames
 from vidlm.tokenizer.config import TokenizerConfig
 from vidlm.tokenizer.model import CausalConv3d, Up, VideoTokenizer
-
-from vidlm.evaluate import heldout_clips, observe
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=2000)
@@ -43,9 +42,7 @@ p.add_argument("--up", choices=("nearest", "shuffle"), default="nearest",
 a = p.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(0)
-clips = heldout_clips(a.clips, 0)
-xs = torch.cat([v[None, :, k : k + 1] for v, _, _ in clips for k in (0, 8, 16)])  # (144,3,1,H,W)
-worlds = [w for _, _, w in clips for _ in (0, 8, 16)]
+xs, worlds = scored_frames(a.clips)  # (144,3,1,H,W)
 recipe = {"refine_rows": 2, "channel_mult": [1, 2], "latent_dim": 16, "time_factor": 1, "temporal_kernel": 1}
 m = VideoTokenizer(TokenizerConfig.from_name("demo", **recipe | json.loads(a.model)))
 
@@ -82,15 +79,11 @@ def run(x, idx):
 def score() -> tuple[float, float]:
     """Mean PSNR and the share of the frames whose shape the detector reads."""
     m.eval()
-    psnr, read = [], []
     with torch.no_grad():
-        for i in range(0, len(xs), 48):
-            for x, r, w in zip(xs[i : i + 48], run(xs[i : i + 48], slice(i, i + 48))[0].clamp(-1, 1), worlds[i : i + 48]):
-                psnr.append(float(10 * torch.log10(4 / (r - x).pow(2).mean())))
-                seen = observe(r, w["background"])[0]
-                read.append(bool(seen) and seen["shape"] == w["objects"][0]["shape"])
+        recs = torch.cat([run(xs[i : i + 48], slice(i, i + 48))[0] for i in range(0, len(xs), 48)])
     m.train()
-    return round(float(np.mean(psnr)), 2), round(float(np.mean(read)), 3)
+    psnr, shape = psnr_and_shape(recs, xs, worlds)
+    return round(psnr, 2), round(shape, 3)
 
 
 groups = [{"params": list(m.parameters()), "scale": 1.0}] + ([{"params": [latents], "scale": 30.0}] if a.quant == "free" else [])

@@ -1,6 +1,6 @@
 """What the probe scripts share: their common arguments, the training clips (the clips of
 `vidlm data synth --seed 0`, rendered once and cached as OUT/clipsN.npy), the weights that
-favour an object's pixels."""
+favour an object's pixels, and the held-out frames the image probes score."""
 import argparse
 import json
 import os
@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vidlm.data.synthetic import clip_seed, render_clip
+
+from vidlm.evaluate import heldout_clips, observe
 
 
 def parse(p: argparse.ArgumentParser, batch: int) -> argparse.Namespace:
@@ -75,3 +77,22 @@ def coarse_drawing(model, ids: torch.Tensor) -> torch.Tensor:
     q = model.quantizer
     coarse, _ = q._coarse_cells(ids.flatten(0, 1), model.last_layer.dtype)
     return model.decoder(q.coarse_latent(coarse, ids.shape[1]))
+
+
+def scored_frames(clips: int = 48) -> tuple[torch.Tensor, list[dict]]:
+    """Frames 0, 8 and 16 of `clips` held-out clips of `vidlm eval world` as one-frame videos
+    (3 * clips, C, 1, H, W), and each frame's world."""
+    held = heldout_clips(clips, 0)
+    xs = torch.cat([v[None, :, k : k + 1] for v, _, _ in held for k in (0, 8, 16)])
+    return xs, [w for _, _, w in held for _ in (0, 8, 16)]
+
+
+def psnr_and_shape(recs: torch.Tensor, xs: torch.Tensor, worlds: list[dict]) -> tuple[float, float]:
+    """Mean PSNR of recs against xs (each capped at 100 dB: a frame may be exact) and the share of
+    recs whose object the detector reads as its world's shape."""
+    psnr, read = [], []
+    for r, x, w in zip(recs.clamp(-1, 1), xs, worlds):
+        psnr.append(min(100.0, float(10 * torch.log10(4 / (r - x).pow(2).mean().clamp_min(1e-12)))))
+        seen = observe(r, w["background"])[0]
+        read.append(bool(seen) and seen["shape"] == w["objects"][0]["shape"])
+    return float(np.mean(psnr)), float(np.mean(read))
