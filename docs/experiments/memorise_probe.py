@@ -66,9 +66,9 @@ print(sum(p.numel() for p in m.parameters()), "parameters", flush=True)
 latents = torch.nn.Parameter(torch.randn(len(xs), *m.encoder(xs[:1]).shape[1:])) if a.quant == "free" else None
 
 
-def run(x, idx):
-    """Reconstructions of the frames xs[idx] = x, and the quantizer's aux loss."""
-    aux = torch.zeros(())
+def run(idx):
+    """Reconstructions of the frames xs[idx], and the quantizer's aux loss."""
+    x, aux = xs[idx], torch.zeros(())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = latents[idx] if a.quant == "free" else m.encoder(x)
         if a.quant == "two":
@@ -80,7 +80,7 @@ def score() -> tuple[float, float]:
     """Mean PSNR and the share of the frames whose shape the detector reads."""
     m.eval()
     with torch.no_grad():
-        recs = torch.cat([run(xs[i : i + 48], slice(i, i + 48))[0] for i in range(0, len(xs), 48)])
+        recs = torch.cat([run(slice(i, i + 48))[0] for i in range(0, len(xs), 48)])
     m.train()
     psnr, shape = psnr_and_shape(recs, xs, worlds)
     return round(psnr, 2), round(shape, 3)
@@ -96,7 +96,7 @@ for step in range(a.steps):
     lr = a.lr * min(1, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * step / a.steps))
     for group in opt.param_groups:
         group["lr"] = lr * group["scale"]
-    out, aux = run(x, idx)
+    out, aux = run(idx)
     err = (out - x).abs()
     loss = (err + err.pow(2)).mean() + err.flatten(1).topk(err[0].numel() // 20, dim=1).values.mean() + aux
     opt.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vidlm.data.synthetic import clip_seed, render_clip
+from vidlm.tokenizer.metrics import psnr_per_frame
 
 from vidlm.evaluate import heldout_clips, observe
 
@@ -88,11 +89,10 @@ def scored_frames(clips: int = 48) -> tuple[torch.Tensor, list[dict]]:
 
 
 def psnr_and_shape(recs: torch.Tensor, xs: torch.Tensor, worlds: list[dict]) -> tuple[float, float]:
-    """Mean PSNR of recs against xs (each capped at 100 dB: a frame may be exact) and the share of
-    recs whose object the detector reads as its world's shape."""
-    psnr, read = [], []
-    for r, x, w in zip(recs.clamp(-1, 1), xs, worlds):
-        psnr.append(min(100.0, float(10 * torch.log10(4 / (r - x).pow(2).mean().clamp_min(1e-12)))))
+    """Mean PSNR of recs against xs (the trainer's `psnr_per_frame`: an exact frame reads 100 dB)
+    and the share of recs whose object the detector reads as its world's shape."""
+    read = []
+    for r, w in zip(recs.clamp(-1, 1), worlds):
         seen = observe(r, w["background"])[0]
         read.append(bool(seen) and seen["shape"] == w["objects"][0]["shape"])
-    return float(np.mean(psnr)), float(np.mean(read))
+    return float(psnr_per_frame(recs, xs).mean()), float(np.mean(read))
