@@ -123,10 +123,11 @@ def unigram_entropy(clips: list[TokenClip], code_size: int) -> float:
 
 @torch.no_grad()
 def val_sequences(clips: list[TokenClip], vocab: Vocab, cfg: TrainConfig, places: Places | None = None) -> list[dict]:
-    """Every task of every held-out clip, no drops, packed into micro batches."""
+    """Every task the run trains (`data.tasks` weight > 0) of every held-out clip, no drops,
+    packed into micro batches."""
     stream = []
     for i, clip in enumerate(clips):
-        for task in TASKS:
+        for task in (t for t in TASKS if cfg.data.tasks.get(t, 0) > 0):
             g = torch.Generator().manual_seed(rt.derive_seed(cfg.seed, i, task, "val"))
             if draw_task(task, clip.codes, clip.tails, clip.structure, torch.Generator().manual_seed(0)) is None:
                 continue

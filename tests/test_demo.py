@@ -26,16 +26,18 @@ def fake_stages(monkeypatch):
 
 def test_a_rerun_skips_finished_stages(tmp_path, fake_stages, capsys):
     out = tmp_path / "run"
+    stages = demo.run_stages(demo.load_config(demo.RECIPES / "demo" / "debug.yaml"))
+    assert stages == [s for s in demo.STAGES if s not in demo.IMAGE_STAGES]  # a recipe without images
     assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
-    assert fake_stages == list(demo.STAGES)
-    for name in demo.STAGES:
+    assert fake_stages == stages
+    for name in stages:
         marker = json.loads((out / "stages" / f"{name}.json").read_text())
         assert marker["stage"] == name and marker["seconds"] >= 0 and marker["fake"]
 
     fake_stages.clear()
     assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
     assert fake_stages == []
-    assert capsys.readouterr().out.count("skipped") == len(demo.STAGES)
+    assert capsys.readouterr().out.count("skipped") == len(stages)
 
     (out / "stages" / "lm.json").unlink()  # an interrupted stage: its marker was never written
     (out / "stages" / "gallery.json").unlink()
@@ -84,6 +86,10 @@ def test_every_demo_recipe_validates_with_its_stage_configs(tmp_path):
         # may be shorter than a clip; a window is never longer)
         assert tuple(tcfg.data.size) == tuple(cfg.size) and tcfg.data.frames <= cfg.frames, path
         assert tcfg.steps == cfg.tokenizer_overrides.get("steps", tcfg.steps) and lcfg.steps >= 1
+        if cfg.images:  # the image LM: the LM recipe with both sets of overrides, on t2i
+            image = demo.derive_config(cfg.lm_recipe, {**cfg.lm_overrides, **cfg.image_lm_overrides},
+                                       tmp_path / f"{path.stem}-image-lm.yaml")
+            assert set(load_yaml(LMTrainConfig, image).data.tasks) == {"t2i"}, path
 
 
 def test_derived_config_applies_overrides(tmp_path):
@@ -221,7 +227,8 @@ def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
         assert (out / "gallery" / name).stat().st_size > 0 and f"gallery/{name}" in page
     assert iio.imread(out / "gallery" / "t2v.gif").shape == (9, 32, 32, 3)
     assert iio.imread(out / "contact_sheet.png").ndim == 3
-    assert all((out / "stages" / f"{s}.json").is_file() for s in demo.STAGES)
+    stages = demo.run_stages(demo.load_config(demo.RECIPES / "demo" / "debug.yaml"))
+    assert all((out / "stages" / f"{s}.json").is_file() for s in stages)
     gen = VideoGenerator.from_pretrained(out / "model")  # what `--model OUT/model` loads
     assert gen.tokenizer.factors == (4, 4)
 
@@ -229,7 +236,7 @@ def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*") if p.is_file()}
     shipped = tmp_path / "weights" / "shapes-debug"
     assert demo.main(["--recipe", "debug", "--out", str(out), "--ship", str(shipped)]) == 0
-    assert capsys.readouterr().out.count("skipped") == len(demo.STAGES)
+    assert capsys.readouterr().out.count("skipped") == len(stages)
     assert before == {p: p.stat().st_mtime_ns for p in (out / "model").rglob("*") if p.is_file()}
 
     # shipped weights: the LM stored as float16, loading gives the float32 model back
@@ -237,7 +244,7 @@ def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
 
     assert {v.dtype for v in load_file(str(shipped / "lm" / "model.safetensors")).values()} == {torch.float16}
     info = json.loads((shipped / "info.json").read_text())
-    assert "--recipe recipes/demo/debug.yaml" in info["made_by"] and set(info["stage_seconds"]) == set(demo.STAGES)
+    assert "--recipe recipes/demo/debug.yaml" in info["made_by"] and set(info["stage_seconds"]) == set(stages)
     small = VideoGenerator.from_pretrained(shipped)
     assert all(p.dtype == torch.float32 for p in small.lm.parameters())
     for a, b in zip(gen.lm.parameters(), small.lm.parameters()):
@@ -252,6 +259,45 @@ def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
     for part in ("tokenizer", "text"):
         for f in (shipped / part).iterdir():
             assert (tmp_path / "on" / "model" / part / f.name).read_bytes() == f.read_bytes()
+
+
+def test_images_first_trains_an_image_lm_that_the_video_lm_starts_from(tmp_path, monkeypatch):
+    from vidlm.lm.cli import main as lm_main
+
+    recipe = tmp_path / "images.yaml"
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load((demo.RECIPES / "demo" / "debug.yaml").read_text()),
+                                      "images": 12, "image_lm_overrides": {"data.tasks": {"t2i": 1.0}}}))
+    calls = []  # the LM trainer's calls: (config, data)
+    monkeypatch.setattr("vidlm.lm.cli.main", lambda argv: calls.append(argv) or lm_main(argv))
+    out = tmp_path / "run"
+    assert demo.main(["--recipe", str(recipe), "--out", str(out)]) == 0
+    assert demo.run_stages(demo.load_config(recipe)) == list(demo.STAGES)
+    assert all((out / "stages" / f"{s}.json").is_file() for s in demo.STAGES)
+
+    from vidlm.lm.tokendata import read_clips
+
+    images = read_clips(out / "data" / "image-tokens")
+    assert len(images) == 12 and {c.codes.shape[0] for c in images} == {1}  # one latent frame each
+    trains = [a for a in calls if a[0] == "train"]
+    assert [Path(a[a.index("--data") + 1]).name for a in trains] == ["image-tokens", "tokens"]
+    image_cfg, video_cfg = (yaml.safe_load(Path(a[a.index("--config") + 1]).read_text()) for a in trains)
+    assert image_cfg["data"]["tasks"] == {"t2i": 1.0} and "init_from" not in image_cfg
+    assert Path(video_cfg["init_from"]) == out / "runs" / "image_lm" / "export"
+    assert "tasks" not in video_cfg["data"]
+    # the image LM validates the task it trains, and only that one
+    rows = [json.loads(line) for line in (out / "runs" / "image_lm" / "metrics.jsonl").read_text().splitlines()]
+    assert {k for r in rows for k in r if k.startswith("val/")} == {"val/t2i", "val/loss"}
+
+
+def test_a_recipe_with_image_stages_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="images"):
+        demo.DemoConfig(image_lm_overrides={"steps": 2})
+    with pytest.raises(ValueError, match="init_from"):
+        demo.DemoConfig(images=10, lm_overrides={"init_from": "shapes-demo"})
+    with pytest.raises(ValueError, match="images must be"):
+        demo.DemoConfig(images=-1)
+    with pytest.raises(SystemExit, match="without `images`"):
+        demo.main(["--recipe", "shapes-images-first", "--videos", str(tmp_path), "--out", str(tmp_path / "run")])
 
 
 def test_a_time_factor_2_tokenizer_runs_the_whole_flow(tmp_path):

@@ -4,6 +4,8 @@
     text       train the caption tokenizer (sentencepiece)
     tokenizer  train the 3D VQGAN video tokenizer, export it
     tokens     pre-tokenize the shards into token shards
+    images     (recipes with `images`) synthesize one-frame shapes-world images, tokenize them
+    image_lm   (recipes with `images`) train an LM on t2i alone, the video LM's initialisation
     lm         train the video LM, export it
     gallery    generate every task and write OUT/index.html, OUT/contact_sheet.png, OUT/gallery/
 
@@ -40,8 +42,11 @@ def recipe_file(name: str) -> Path:
     if not path.is_absolute() and path.parts[:1] == ("recipes",):
         return RECIPES.joinpath(*path.parts[1:])
     return path
-STAGES = ("data", "text", "tokenizer", "tokens", "lm", "gallery")
-FITTED = ("tokenizer", "lm")  # the stages whose steps `fit_minutes` may fit to the machine
+
+
+STAGES = ("data", "text", "tokenizer", "tokens", "images", "image_lm", "lm", "gallery")
+IMAGE_STAGES = ("images", "image_lm")  # run only where the recipe asks for `images`
+FITTED = ("tokenizer", "image_lm", "lm")  # the stages whose steps `fit_minutes` may fit to the machine
 
 EXAMPLES = """\
 examples:
@@ -83,8 +88,16 @@ class DemoConfig:
     """LM run config (relative to the repo)."""
     lm_overrides: dict[str, Any] = field(default_factory=dict)
     """Keys of the LM recipe replaced for the demo."""
+    images: int = 0
+    """One-frame shapes-world images to synthesize for an LM that learns t2i alone first (the
+    `image_lm` stage); the video LM then starts from its weights (docs/experiments.md, "Shape,
+    twenty-third round"). 0: no image stages, the video LM starts from nothing."""
+    image_seed: int = 1
+    """Seed of the synthesized images (another seed than the clips')."""
+    image_lm_overrides: dict[str, Any] = field(default_factory=dict)
+    """Keys replaced for the image LM, after `lm_overrides` (its rows, steps, `data.tasks`)."""
     fit_minutes: dict[str, float] = field(default_factory=dict)
-    """Stage ("tokenizer", "lm") -> the minutes its training may take on this machine: the stage
+    """Stage ("tokenizer", "image_lm", "lm") -> the minutes its training may take on this machine: the stage
     first times a few steps of its config, then trains for the `steps` that fit (`fit_steps`),
     so the demo keeps its time on a slow CPU and trains longer on a fast one. A stage not named
     trains its recipe's `steps`."""
@@ -104,8 +117,20 @@ class DemoConfig:
             raise ValueError(f"size must be [width, height], got {list(self.size)}")
         if bad := {k: v for k, v in self.fit_minutes.items() if k not in FITTED or not v > 0}:
             raise ValueError(f"fit_minutes: {bad}; give minutes > 0 for stages among {list(FITTED)}")
+        if self.images < 0:
+            raise ValueError(f"images must be >= 0, got {self.images}")
+        if not self.images and (self.image_lm_overrides or "image_lm" in self.fit_minutes):
+            raise ValueError("image_lm_overrides and fit_minutes.image_lm train the image LM: give `images` > 0")
+        if self.images and "init_from" in self.lm_overrides:
+            raise ValueError("lm_overrides.init_from: with `images` the video LM starts from the image LM; "
+                             "give one or the other")
         if not 1 <= self.known_frames < self.frames:
             raise ValueError(f"known_frames must be in [1, frames), got {self.known_frames} of {self.frames}")
+
+
+def run_stages(cfg: DemoConfig) -> list[str]:
+    """The stages a recipe trains with, in order (the image stages only where it asks for images)."""
+    return [s for s in STAGES if cfg.images or s not in IMAGE_STAGES]
 
 
 def load_config(path: Path) -> DemoConfig:
@@ -348,12 +373,41 @@ def stage_tokens(run: Run) -> dict:
     return {}
 
 
+def stage_images(run: Run) -> dict:
+    c, shards, tokens = run.cfg, run.out / "data" / "image-shards", run.out / "data" / "image-tokens"
+    shutil.rmtree(shards, ignore_errors=True)
+    shutil.rmtree(tokens, ignore_errors=True)
+    w, h = c.size
+    call("vidlm.data.cli", ["synth", "--out", str(shards), "--num", str(c.images), "--seed", str(c.image_seed),
+                            "--size", f"{w}x{h}", "--frames", "1", "--fps", str(c.fps)])
+    call("vidlm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
+                                  "--shards", str(shards), "--out", str(tokens), "--frames", "1",
+                                  "--area", str(w * h), "--fps", str(c.fps)])
+    return {}
+
+
+def image_lm(run: Run) -> Path:
+    """The image LM's exported weights, the video LM's `init_from`."""
+    return run.trainer_run("image_lm") / "export"
+
+
+def train_lm(run: Run, stage: str, tokens: str, overrides: dict[str, Any], out: Path) -> None:
+    """Train an LM stage on OUT/data/TOKENS with the LM recipe and `overrides`, export it to `out`."""
+    runs, data = run.trainer_run(stage), ["--data", str(run.out / "data" / tokens)]
+    cfg = stage_config(run, stage, run.cfg.lm_recipe, overrides, data)
+    call("vidlm.lm.cli", ["train", "--config", str(cfg), *data, "--run", str(runs)])
+    call("vidlm.lm.cli", ["export", "--run", str(runs), "--out", str(out)])
+
+
+def stage_image_lm(run: Run) -> dict:
+    train_lm(run, "image_lm", "image-tokens", {**run.cfg.lm_overrides, **run.cfg.image_lm_overrides}, image_lm(run))
+    return {}
+
+
 def stage_lm(run: Run) -> dict:
     c = run.cfg
-    runs, data = run.trainer_run("lm"), ["--data", str(run.out / "data" / "tokens")]
-    cfg = stage_config(run, "lm", c.lm_recipe, c.lm_overrides, data)
-    call("vidlm.lm.cli", ["train", "--config", str(cfg), *data, "--run", str(runs)])
-    call("vidlm.lm.cli", ["export", "--run", str(runs), "--out", str(run.model / "lm")])
+    train_lm(run, "lm", "tokens", {**c.lm_overrides, "init_from": str(image_lm(run))} if c.images else c.lm_overrides,
+             run.model / "lm")
     return {}
 
 
@@ -371,7 +425,7 @@ def stage_gallery(run: Run) -> dict:
 
 
 STAGE_FNS = {"data": stage_data, "text": stage_text, "tokenizer": stage_tokenizer, "tokens": stage_tokens,
-             "lm": stage_lm, "gallery": stage_gallery}
+             "images": stage_images, "image_lm": stage_image_lm, "lm": stage_lm, "gallery": stage_gallery}
 
 
 # ----------------------------------------------------------------------------- gallery sources
@@ -484,6 +538,9 @@ def main(argv=None) -> int:
         raise SystemExit("demo: --captions goes with --videos")
     recipe = resolve_recipe(args.recipe or ("fast" if args.fast else "real-cpu" if args.videos else "shapes"))
     cfg = load_config(recipe)
+    if args.videos and cfg.images:
+        raise SystemExit(f"demo: recipe {recipe} trains an image LM on synthesized shapes-world images "
+                         "(`images`), not on your videos; use a recipe without `images` with --videos")
     out = args.out or Path("runs") / ("demo-pretrained" if args.pretrained else "demo-real" if args.videos else "demo")
     run = Run(out, cfg, args)
     check_same_recipe(run, recipe)
@@ -491,7 +548,7 @@ def main(argv=None) -> int:
     if args.redo:
         for name in STAGES[STAGES.index(args.redo):]:
             run.forget(name)
-    stages = ["gallery"] if args.pretrained else list(STAGES)
+    stages = ["gallery"] if args.pretrained else run_stages(cfg)
     print(f"vidlm demo: recipe {recipe}, output {out}")
     started = time.time()
     for i, name in enumerate(stages, 1):
