@@ -343,10 +343,10 @@ def test_shipped_weights_load_by_name_and_run_every_task():
 # Floors under the shipped weights' world metrics (README results, `vidlm eval world --model
 # shapes-demo --num 32 --cfg-text 3`), on a few fixed held-out clips within CI's time: a
 # regression in the weights, or in the code that runs them, shows here. Measured on these clips
-# when shipped: PSNR 30.1 dB, colour read on 6/6 reconstructions, t2v colour 4/4 (0.72 over the
-# 32 clips of eval world). The floors leave room for another machine's arithmetic. The detector
-# reads shapes at chance on the reconstructions (1/6 here, 0.34 over 32): no floor until it can.
-SHIPPED_FLOORS = {"psnr": 29.0, "rec_colour": 0.8, "t2v_colour": 0.5}
+# when shipped: PSNR 36.7 dB, colour read on 6/6 reconstructions and shape on 4/6 (0.75 over the
+# 32 clips of eval world), t2v colour 4/4 (0.94 over 32). The floors leave room for another
+# machine's arithmetic (one clip each). t2v shape reads 0/4 here (0.47 over 32): no floor yet.
+SHIPPED_FLOORS = {"psnr": 35.0, "rec_colour": 0.8, "rec_shape": 0.5, "t2v_colour": 0.75}
 
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped weights not built (vidlm demo --ship ...)")
@@ -356,17 +356,19 @@ def test_shipped_weights_simulate_the_shapes_world():
 
     gen = VideoGenerator.from_pretrained("shapes-demo")
     clips = heldout_clips(6, seed=0)
-    psnr, rec_colour, t2v_colour = [], [], []
+    psnr, rec_colour, rec_shape, t2v_colour = [], [], [], []
     for i, (video, caption, world) in enumerate(clips):
         obj, bg = world["objects"][0], world["background"]
         with torch.inference_mode():
             recon = gen.tokenizer.decode(gen.tokenizer.encode(video[None]))[0].clamp(-1, 1)
         psnr.append(psnr_ssim(video, recon)[0])
-        rec_colour.append(verdict(recon, obj, bg)[0])
+        colour, shape = verdict(recon, obj, bg)
+        rec_colour.append(colour)
+        rec_shape.append(shape)
         if i < 4:  # t2v is the slow part: four prompts
             t2v = gen.t2v(caption, frames=17, size=(64, 64), seed=i, cfg_text=3.0).video
             t2v_colour.append(verdict(t2v, obj, bg)[0])
     got = {"psnr": sum(psnr) / len(psnr), "rec_colour": sum(rec_colour) / len(rec_colour),
-           "t2v_colour": sum(t2v_colour) / len(t2v_colour)}
+           "rec_shape": sum(rec_shape) / len(rec_shape), "t2v_colour": sum(t2v_colour) / len(t2v_colour)}
     for key, floor in SHIPPED_FLOORS.items():
         assert got[key] >= floor, f"{key}: {got[key]:.3f} < floor {floor} ({got})"
