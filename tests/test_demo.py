@@ -67,6 +67,12 @@ def test_a_run_folder_is_not_reused_with_another_recipe(tmp_path, fake_stages):
     assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
     with pytest.raises(SystemExit, match="other settings"):
         demo.main(["--recipe", "shapes", "--out", str(out)])
+    # a run made before the image keys existed is the same recipe (their defaults: no images)
+    made = json.loads((out / "recipe.json").read_text())
+    for key in ("images", "image_seed", "image_lm_overrides"):
+        del made["config"][key]
+    (out / "recipe.json").write_text(json.dumps(made))
+    assert demo.main(["--recipe", "debug", "--out", str(out)]) == 0
 
 
 def test_every_demo_recipe_validates_with_its_stage_configs(tmp_path):

@@ -508,7 +508,10 @@ def check_same_recipe(run: Run, recipe: Path) -> None:
     record = {"recipe": str(recipe), "config": to_dict(run.cfg), "videos": run.args.videos,
               "captions": run.args.captions, "pretrained": run.args.pretrained}
     path = run.out / "recipe.json"
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(record)):
+    made = json.loads(path.read_text()) if path.is_file() else None
+    if made is not None:  # a run made before a key existed ran with its default
+        made["config"] = {**to_dict(DemoConfig()), **made["config"]}
+    if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(record)):
         raise SystemExit(f"demo: {run.out} was made with other settings ({path}); pass another --out, "
                          f"or delete {run.out} to start over")
     run.out.mkdir(parents=True, exist_ok=True)
