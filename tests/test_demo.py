@@ -273,7 +273,7 @@ def test_images_first_trains_an_image_lm_that_the_video_lm_starts_from(tmp_path,
     recipe = tmp_path / "images.yaml"
     recipe.write_text(yaml.safe_dump({**yaml.safe_load((demo.RECIPES / "demo" / "debug.yaml").read_text()),
                                       "images": 12, "image_lm_overrides": {"data.tasks": {"t2i": 1.0}}}))
-    calls = []  # the LM trainer's calls: (config, data)
+    calls = []  # the argv of every `vidlm lm` call
     monkeypatch.setattr("vidlm.lm.cli.main", lambda argv: calls.append(argv) or lm_main(argv))
     out = tmp_path / "run"
     assert demo.main(["--recipe", str(recipe), "--out", str(out)]) == 0

@@ -97,10 +97,10 @@ class DemoConfig:
     image_lm_overrides: dict[str, Any] = field(default_factory=dict)
     """Keys replaced for the image LM, after `lm_overrides` (its rows, steps, `data.tasks`)."""
     fit_minutes: dict[str, float] = field(default_factory=dict)
-    """Stage ("tokenizer", "image_lm", "lm") -> the minutes its training may take on this machine: the stage
-    first times a few steps of its config, then trains for the `steps` that fit (`fit_steps`),
-    so the demo keeps its time on a slow CPU and trains longer on a fast one. A stage not named
-    trains its recipe's `steps`."""
+    """Stage ("tokenizer", "image_lm", "lm") -> the minutes its training may take on this machine:
+    the stage first times a few steps of its config, then trains for the `steps` that fit
+    (`fit_steps`), so the demo keeps its time on a slow CPU and trains longer on a fast one. A
+    stage not named trains its recipe's `steps`."""
     known_frames: int = 5
     """Frames given to extend / connect (1 + time_factor*k)."""
     long_seconds: float = 4.0
@@ -323,10 +323,25 @@ def stage_data(run: Run) -> dict:
         argv = ["shards", "--videos", *a.videos, "--out", str(run.shards), "--max-side", str(2 * max(c.size))]
         call("vidlm.data.cli", argv + (["--captions", a.captions] if a.captions else []))
     else:
-        w, h = c.size
-        call("vidlm.data.cli", ["synth", "--out", str(run.shards), "--num", str(c.clips), "--seed", str(c.seed),
-                                "--size", f"{w}x{h}", "--frames", str(c.frames), "--fps", str(c.fps)])
+        synthesize(run, run.shards, c.clips, c.seed, c.frames)
     return {"shards": len(list(run.shards.glob("*.tar")))}
+
+
+def synthesize(run: Run, out: Path, num: int, seed: int, frames: int) -> None:
+    """`vidlm data synth`: NUM shapes-world clips of FRAMES frames at the recipe's size and fps."""
+    w, h = run.cfg.size
+    call("vidlm.data.cli", ["synth", "--out", str(out), "--num", str(num), "--seed", str(seed),
+                            "--size", f"{w}x{h}", "--frames", str(frames), "--fps", str(run.cfg.fps)])
+
+
+def tokenize(run: Run, shards: Path, out: Path, frames: int, extra: list[str] = ()) -> None:
+    """`vidlm data tokenize`: SHARDS' clips of FRAMES frames into token shards at OUT (emptied
+    first), with the run's tokenizer and caption model, at the recipe's size and fps."""
+    shutil.rmtree(out, ignore_errors=True)
+    w, h = run.cfg.size
+    call("vidlm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
+                                  "--shards", str(shards), "--out", str(out), "--frames", str(frames),
+                                  "--area", str(w * h), "--fps", str(run.cfg.fps), *extra])
 
 
 def copy_part(run: Run, part: str) -> dict:
@@ -359,30 +374,19 @@ def stage_tokenizer(run: Run) -> dict:
 
 
 def stage_tokens(run: Run) -> dict:
-    tokens = run.out / "data" / "tokens"
-    shutil.rmtree(tokens, ignore_errors=True)
-    w, h = run.cfg.size
     # Stand-alone tails of every length up to the gallery's (and `eval world`'s) known segments:
     # extend-backward and connect are trained on exactly the tails they are given at inference.
     tf = time_factor(run.cfg)
     tails = [str(j) for j in range(1, 2 + (run.cfg.known_frames - 1) // tf)]
-    call("vidlm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
-                                  "--shards", str(run.shards), "--out", str(tokens), "--frames",
-                                  str(run.cfg.frames), "--area", str(w * h), "--fps", str(run.cfg.fps),
-                                  "--tails", *tails])
+    tokenize(run, run.shards, run.out / "data" / "tokens", run.cfg.frames, ["--tails", *tails])
     return {}
 
 
 def stage_images(run: Run) -> dict:
-    c, shards, tokens = run.cfg, run.out / "data" / "image-shards", run.out / "data" / "image-tokens"
+    shards = run.out / "data" / "image-shards"
     shutil.rmtree(shards, ignore_errors=True)
-    shutil.rmtree(tokens, ignore_errors=True)
-    w, h = c.size
-    call("vidlm.data.cli", ["synth", "--out", str(shards), "--num", str(c.images), "--seed", str(c.image_seed),
-                            "--size", f"{w}x{h}", "--frames", "1", "--fps", str(c.fps)])
-    call("vidlm.pretokenize", ["--tokenizer", str(run.model / "tokenizer"), "--text", str(run.model / "text"),
-                                  "--shards", str(shards), "--out", str(tokens), "--frames", "1",
-                                  "--area", str(w * h), "--fps", str(c.fps)])
+    synthesize(run, shards, run.cfg.images, run.cfg.image_seed, frames=1)
+    tokenize(run, shards, run.out / "data" / "image-tokens", frames=1)
     return {}
 
 
@@ -508,12 +512,12 @@ def check_same_recipe(run: Run, recipe: Path) -> None:
     record = {"recipe": str(recipe), "config": to_dict(run.cfg), "videos": run.args.videos,
               "captions": run.args.captions, "pretrained": run.args.pretrained}
     path = run.out / "recipe.json"
-    made = json.loads(path.read_text()) if path.is_file() else None
-    if made is not None:  # a run made before a key existed ran with its default
-        made["config"] = {**to_dict(DemoConfig()), **made["config"]}
-    if made is not None and json.loads(json.dumps(made)) != json.loads(json.dumps(record)):
-        raise SystemExit(f"demo: {run.out} was made with other settings ({path}); pass another --out, "
-                         f"or delete {run.out} to start over")
+    if path.is_file():
+        made = json.loads(path.read_text())
+        made["config"] = {**to_dict(DemoConfig()), **made["config"]}  # a key added since: its default ran
+        if json.loads(json.dumps(made)) != json.loads(json.dumps(record)):
+            raise SystemExit(f"demo: {run.out} was made with other settings ({path}); pass another --out, "
+                             f"or delete {run.out} to start over")
     run.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
 
