@@ -461,6 +461,13 @@ def gallery_sources(run: Run) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------------- shipping
+def shown(path: Path) -> str:
+    """`path` as info.json records it: relative to the working folder, or its name where it lies
+    outside (shipped weights never carry a path of the machine that made them)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else path.name
+
+
 def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
     """Copy OUT/model to `dest` as shipped weights: the LM's weights stored as float16 (loading
     casts them back to the model's float32; this halves the download), everything else as is,
@@ -478,8 +485,8 @@ def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(weights))
     stages = {n: run.seconds(n) for n in STAGES if run.done(n)}
     home = RECIPES.resolve().parent
-    rel = recipe.resolve().relative_to(home) if recipe.resolve().is_relative_to(home) else recipe
-    info = {"made_by": f"vidlm demo --recipe {rel} --out {run.out} --ship {dest}", "recipe": str(rel),
+    rel = recipe.resolve().relative_to(home) if recipe.resolve().is_relative_to(home) else Path(shown(recipe))
+    info = {"made_by": f"vidlm demo --recipe {rel} --out {shown(run.out)} --ship {shown(dest)}", "recipe": str(rel),
             "stage_seconds": stages, "lm_weights_dtype": "float16",
             "bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())}
     (tmp / "info.json").write_text(json.dumps(info, indent=1) + "\n")
