@@ -462,8 +462,9 @@ def gallery_sources(run: Run) -> list[tuple]:
 
 # ----------------------------------------------------------------------------- shipping
 def shown(path: Path) -> str:
-    """`path` as info.json records it: relative to the working folder, or its name where it lies
-    outside (shipped weights never carry a path of the machine that made them)."""
+    """`path` as a record the repository keeps (shipped info.json, docs/scaling*/scaling.json)
+    names it: relative to the working folder, or its name where it lies outside (no record
+    carries a path of the machine that made it)."""
     path = Path(path).resolve()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else path.name
 

@@ -127,6 +127,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from vidlm.config import read_json
+    from vidlm.demo import shown
     from vidlm.evaluate import evaluate, heldout_clips
     from vidlm.pipeline import VideoGenerator
 
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     per_step = levels[-1][0]["pflop"] / levels[-1][0]["step"]  # --also levels: at the --lm runs' FLOPs a step
     for name, steps, minutes in a.also:
         levels.append(({"step": int(steps), "pflop": float(f"{per_step * int(steps):.3g}"), "minutes": float(minutes),
-                        "model": name}, {"path": name}))
+                        "model": shown(name)}, {"path": name}))
 
     def saved(where: dict) -> Path | None:
         """A level's report is kept beside its LM (a level added later evaluates only itself)."""
