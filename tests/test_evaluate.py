@@ -82,6 +82,7 @@ def test_a_perfect_world_model_scores_perfectly():
     for task in ("forward", "backward", "connect"):
         assert report[f"{task}_error_ratio"] < 0.1, task
         assert report["errors_px"][task]["model"] < 0.5  # the detector is within a pixel
+        assert max(report["errors_px_by_frame"][task]["model"]) < 0.6
     assert report["loop_seam"] < 1.5
     assert 30 < report["tokenizer_psnr"] < 60 and 0.9 < report["tokenizer_ssim"] <= 1.0
     assert report["detector_color_accuracy_on_truth"] == 1.0
@@ -97,6 +98,9 @@ def test_the_copy_last_baseline_scores_one():
         assert report[f"{task}_error_ratio"] == pytest.approx(1.0, abs=0.1), task
     errors = report["errors_px"]["forward"]
     assert errors["copy_last"] > 1.0 and math.isfinite(errors["const_velocity"])
+    by_frame = report["errors_px_by_frame"]["forward"]  # frames 5..16: copying drifts further each frame
+    assert len(by_frame["model"]) == 12 and by_frame["model"] == pytest.approx(by_frame["copy_last"], abs=0.6)
+    assert by_frame["copy_last"][0] < by_frame["copy_last"][-1]
 
 
 def test_eval_world_cli_on_a_debug_model(tmp_path, capsys):

@@ -9,6 +9,8 @@ On held-out shapes-world clips (seeds that training never sees, see `heldout_see
   detected in each generated frame and the ground-truth path, next to two baselines computed from
   the known frames: copy the last known frame, and constant-velocity extrapolation;
   `*_error_ratio` = the model's error / the copy-last baseline's (lower is better);
+  `errors_px_by_frame` the same errors per generated frame, in time order (does the model follow
+  the motion for a frame or two, then lose it?);
 - identity: the fraction of generated frames (extend, connect) whose detected colour and shape
   equal the known object's;
 - t2i: the fraction of images whose detected object has the caption's colour and shape
@@ -248,6 +250,7 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
             r.setdefault(key, []).extend(values)
 
     mean = lambda k: float(np.mean(r[k])) if r.get(k) else float("nan")
+    by_frame = lambda k: np.asarray(r[k]).reshape(num, -1).mean(0).round(2).tolist()  # every clip: the same frames
     report = {
         "tokenizer_psnr": mean("psnr"), "tokenizer_ssim": mean("ssim"),
         "color_accuracy": mean("colour_ok"), "shape_accuracy": mean("shape_ok"),
@@ -263,6 +266,9 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
             "connect": {"model": mean("con"), "copy_last": mean("con_copy"), "const_velocity": mean("con_const"),
                         "linear_interpolation": mean("con_lerp")},
         },
+        "errors_px_by_frame": {task: {"model": by_frame(k), "copy_last": by_frame(k + "_copy"),
+                                      "const_velocity": by_frame(k + "_const")}
+                               for task, k in (("forward", "fwd"), ("backward", "bwd"), ("connect", "con"))},
         "detection_rate": mean("detected"),
         "detector_color_accuracy_on_truth": mean("det_colour_ok"),
         "detector_shape_accuracy_on_truth": mean("det_shape_ok"),
