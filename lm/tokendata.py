@@ -127,6 +127,9 @@ class TokenStore:
     after another, in key order), index.npy (per clip: codes offset, N, h, w, text offset,
     length, structure offset or -1, tails offset, bit j set for each tail of j latent frames),
     keys.txt, sources.json (the shards' names and sizes it was built from).
+
+    A folder whose info.json says `tail_slices` (its tokenizer coded every frame alone) gives each
+    clip a tail of every length, the slices of its codes, beside (and equal to) the stored ones.
     """
 
     FIELDS = ("codes", "text", "structure", "tails")
@@ -139,6 +142,8 @@ class TokenStore:
         self.keys = (self.flat / "keys.txt").read_text().split("\n") if len(self.index) else []
         self.start, self.stop = start, len(self.index) if stop is None else stop
         self.files = {f: open(self.flat / f"{f}.i32", "rb") for f in self.FIELDS}  # noqa: SIM115 (live with the store)
+        info = self.flat.parent / "info.json"
+        self.tail_slices = info.is_file() and bool(json.loads(info.read_text()).get("tail_slices"))
 
     @classmethod
     def open(cls, folder) -> TokenStore:
@@ -177,11 +182,13 @@ class TokenStore:
             raise IndexError(f"clip {i} of {len(self)}")
         row = self.start + (i % len(self))
         c_off, n, h, w, t_off, t_len, s_off, tails_off, tail_bits = (int(v) for v in self.index[row])
-        tails, at = {}, tails_off
-        for j in (j for j in range(63) if tail_bits >> j & 1):
+        codes, tails, at = self._read("codes", c_off, (n, h, w)), {}, tails_off
+        if self.tail_slices:
+            tails = {j: codes[n - j :] for j in range(1, n)}
+        for j in (j for j in range(63) if tail_bits >> j & 1 and not self.tail_slices):
             tails[j] = self._read("tails", at, (j, h, w))
             at += j * h * w
-        return TokenClip(key=self.keys[row], codes=self._read("codes", c_off, (n, h, w)),
+        return TokenClip(key=self.keys[row], codes=codes,
                          text=self._read("text", t_off, (t_len,)).tolist(), tails=tails,
                          structure=self._read("structure", s_off, (n, h, w)) if s_off >= 0 else None)
 

@@ -39,6 +39,7 @@ def test_tokenize_writes_what_the_tasks_need(folders, capsys):
     info = json.loads((out / "info.json").read_text())
     vocab = Vocab.from_pretrained(out)
     assert len(clips) == info["written"] == 5 and vocab.code_size == tok.codebook_size
+    assert info["tail_slices"] is False  # time factor 4: a tail's codes are its own (below)
     c = clips[0]
     assert c.codes.shape == (3, 8, 8) and sorted(c.tails) == [1, 2] and c.structure.shape == (3, 8, 8)
     assert c.text and c.meta["bucket"] == [32, 32, 9] and c.meta["caption"]
@@ -55,6 +56,30 @@ def test_tokenize_writes_what_the_tasks_need(folders, capsys):
         assert torch.equal(tok.encode(video)[0], c.codes)
         assert torch.equal(tok.encode(video[:, :, -tail_frames(2, 4):])[0], c.tails[2])
         assert torch.equal(tok.encode(structure_view(video))[0], c.structure)
+
+
+def test_a_tokenizer_that_codes_frames_alone_gives_tails_of_every_length(folders):
+    """Every frame coded alone: the codes of the clip's last j frames are its last j codes, so the
+    LM draws tails of every length (the eval's 5 known frames, not only the stored 1 and 2)."""
+    from vidlm.lm.tokendata import TokenStore
+    from vidlm.tokenizer.config import TokenizerConfig
+    from vidlm.tokenizer.model import VideoTokenizer
+
+    root, _ = folders
+    torch.manual_seed(0)
+    tok = VideoTokenizer(TokenizerConfig.from_name("debug", time_factor=1, temporal_kernel=1)).eval()
+    tok.save_pretrained(root / "alone")
+    out = root / "tokens-alone"
+    assert main(["--tokenizer", str(root / "alone"), "--shards", str(root / "shards"), "--out", str(out),
+                 "--frames", "9", "--area", "1024", "--max-clips", "2"]) == 0
+    assert json.loads((out / "info.json").read_text())["tail_slices"] is True
+    clip, stored = TokenStore.open(out)[0], read_clips(out)[0]
+    assert clip.codes.shape[0] == 9 and sorted(clip.tails) == list(range(1, 9)) and sorted(stored.tails) == [1, 2]
+    for j in (1, 2):
+        assert torch.equal(clip.tails[j], stored.tails[j])  # the tokenizer's own tails are the slices
+    with torch.no_grad():  # and so is the longest
+        video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+        assert torch.equal(tok.encode(video[:, :, 1:])[0], tok.encode(video)[0, 1:])
 
 
 def test_two_level_tokens_carry_their_tokenizer_and_train_on_its_places(folders):

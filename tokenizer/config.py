@@ -137,6 +137,12 @@ class TokenizerConfig:
     def time_steps(self) -> int:
         return int(math.log2(self.time_factor))
 
+    @property
+    def frames_alone(self) -> bool:
+        """Every frame coded as an image (time factor 1, temporal kernel 1): the codes of any
+        stretch of a clip are the slice of the clip's codes, tails included."""
+        return self.time_factor == 1 and self.temporal_kernel == 1
+
     @classmethod
     def from_name(cls, name: str, **overrides) -> TokenizerConfig:
         if name not in PRESETS:

@@ -4,7 +4,9 @@ For every clip (at its aspect-ratio bucket, centre crop, sampled by time at --fp
 what the LM's tasks need (lm/tasks.py), so LM training never decodes a video:
 - the clip's codes (N,h,w);
 - stand-alone codes of its last j latent frames for j in --tails (a causal tokenizer's slice of
-  the clip's codes is not the codes of the sliced pixels; heads need nothing: they are);
+  the clip's codes is not the codes of the sliced pixels; heads need nothing: they are). A
+  tokenizer that codes every frame alone (`frames_alone`) makes every slice a tail: info.json
+  says so (`tail_slices`) and the LM draws tails of every length from the codes;
 - the codes of its structure view (edit): lm.tasks.structure_view of the clip;
 - its caption as text pieces (with --text), at most --max-text pieces;
 and, for two-level codes, a copy of the tokenizer (DIR/tokenizer): where fine codes draw follows
@@ -106,7 +108,8 @@ def tokenize_shards(tokenizer, text_tokenizer, shards, out_dir, *, frames=(17,),
     if writer.count:
         TokenStore.open(out)  # the flat copy training reads clip by clip (lm/tokendata.py)
     info = {"written": writer.count, "skipped": dict(loader.counts), "shards": [p.name for p in writer.paths],
-            "vocab": vocab.to_dict(), "tails": list(tails), "frames": list(frames), "area": area, "fps": fps,
+            "vocab": vocab.to_dict(), "tails": list(tails), "tail_slices": tokenizer.cfg.frames_alone,
+            "frames": list(frames), "area": area, "fps": fps,
             "codebook_size": int(tokenizer.codebook_size), "factors": list(tokenizer.factors)}
     (out / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
