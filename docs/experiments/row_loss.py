@@ -1,12 +1,16 @@
 """Row loss: where in a frame does an LM find its codes hard? The t2v loss (nats a code, with the
 caption) of the held-out clips of a token folder (its last 16, as `vidlm lm train` holds them
-out), by row of the latent grid and by latent frame. On two-level codes (`refine_rows`) the last
+out), by row of the latent grid, by latent frame, and split into the codes that repeat the code
+at their grid place in the latent frame before and those that change (where the object moves).
+On two-level codes (`refine_rows`) the last
 rows are the fine codes, placed where the coarse codes say (the LM sees them at those places
 when the token folder holds its tokenizer): the rows show whether the LM learnt them. A prediction from the unigram of each row is printed beside it.
 
     python docs/experiments/row_loss.py --model RUN/model/lm --tokens RUN/data/tokens [--drop-text]
 """
 import argparse
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +31,8 @@ a = p.parse_args()
 torch.set_num_threads(a.threads)
 model, vocab = VideoLM.from_pretrained(a.model).eval(), Vocab.from_pretrained(a.tokens)
 store, places = TokenStore.open(a.tokens), load_places(a.tokens)
-rows, frames, hist = {}, {}, {}
+fine = json.loads((Path(a.tokens) / "tokenizer" / "config.json").read_text())["config"].get("refine_rows", 0) if places is not None else 0
+rows, frames, hist, moved = {}, {}, {}, {}
 with torch.no_grad():
     for i in range(len(store) - a.clips, len(store)):
         clip = store[i]
@@ -37,6 +42,11 @@ with torch.no_grad():
         nll = F.cross_entropy(logits[target], seq.ids[1:][target], reduction="none")
         t_len, h, w = clip.codes.shape
         grid = torch.arange(t_len * h * w)  # t2v: every code, in raster order
+        flat = clip.codes.reshape(t_len, h * w)
+        changed = torch.cat([torch.full((1, h * w), -1), (flat[1:] != flat[:-1]).long()]).flatten()
+        level = ["coarse " if y < h - fine else "fine " for y in (grid % (h * w) // w).tolist()]
+        for lv, k, v in zip(level, changed.tolist(), nll.tolist()):
+            moved.setdefault(lv + ("first frame", "same as before", "changed")[k + 1], []).append(v)
         for t, y, v, code in zip((grid // (h * w)).tolist(), (grid % (h * w) // w).tolist(), nll.tolist(),
                                  seq.ids[1:][target].tolist()):
             rows.setdefault(y, []).append(v)
@@ -50,3 +60,8 @@ for y in sorted(rows):
 print("frame  loss")
 for t in sorted(frames):
     print(f"{t:3d}    {sum(frames[t]) / len(frames[t]):.3f}")
+total = sum(sum(v) for v in moved.values())
+print("codes                   share of codes  loss (nats a code)  share of the loss")
+n = sum(len(v) for v in moved.values())
+for k, v in sorted(moved.items()):
+    print(f"{k:<23} {len(v) / n:>14.3f}  {sum(v) / len(v):>18.3f}  {sum(v) / total:>17.3f}")
