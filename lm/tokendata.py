@@ -182,12 +182,14 @@ class TokenStore:
             raise IndexError(f"clip {i} of {len(self)}")
         row = self.start + (i % len(self))
         c_off, n, h, w, t_off, t_len, s_off, tails_off, tail_bits = (int(v) for v in self.index[row])
-        codes, tails, at = self._read("codes", c_off, (n, h, w)), {}, tails_off
+        codes = self._read("codes", c_off, (n, h, w))
         if self.tail_slices:
             tails = {j: codes[n - j :] for j in range(1, n)}
-        for j in (j for j in range(63) if tail_bits >> j & 1 and not self.tail_slices):
-            tails[j] = self._read("tails", at, (j, h, w))
-            at += j * h * w
+        else:
+            tails, at = {}, tails_off
+            for j in (j for j in range(63) if tail_bits >> j & 1):
+                tails[j] = self._read("tails", at, (j, h, w))
+                at += j * h * w
         return TokenClip(key=self.keys[row], codes=codes,
                          text=self._read("text", t_off, (t_len,)).tolist(), tails=tails,
                          structure=self._read("structure", s_off, (n, h, w)) if s_off >= 0 else None)

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def grow(state: dict[str, torch.Tensor], n_layers: int, times: int) -> dict[str, torch.Tensor]:
+def grow(state: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
     """Block i of the source becomes block i * times; blocks i * times + 1 .. are its copies with
     zero output projections."""
     out = {k: v.float() for k, v in state.items() if not k.startswith("layers.")}
@@ -35,9 +35,7 @@ def grow(state: dict[str, torch.Tensor], n_layers: int, times: int) -> dict[str,
         for j in range(times):
             zero = j > 0 and name in ("attn.wo.weight", "mlp.w2.weight")
             out[f"layers.{i * times + j}.{name}"] = torch.zeros_like(v.float()) if zero else v.float().clone()
-    assert len([k for k in out if k.startswith("layers.")]) == times * len([k for k in state if k.startswith("layers.")])
-    assert n_layers * times == 1 + max(int(k.split(".")[1]) for k in out if k.startswith("layers."))
-    return out
+    return out  # main() loads it strictly into the grown model and checks its logits
 
 
 def main() -> None:
@@ -56,7 +54,7 @@ def main() -> None:
     src = src / "lm" if (src / "lm").is_dir() else src
     cfg = json.loads((src / "config.json").read_text())
     state = load_file(src / "model.safetensors")
-    grown = grow(state, cfg["n_layers"], args.times)
+    grown = grow(state, args.times)
     new_cfg = {**cfg, "n_layers": cfg["n_layers"] * args.times}
 
     small, big = VideoLM.from_pretrained(src).float().eval(), VideoLM(LMConfig(**new_cfg)).eval()

@@ -1,8 +1,9 @@
 """Tail probe: does an LM read the ending it is given? The extend-backward loss (nats a code, with
 the caption) of the held-out clips of a token folder (its last 16, as `vidlm lm train` holds them
 out), per generated latent frame, with the clip's own last J latent frames as the known ending,
-with another held-out clip's, and with the ending dropped (the guidance twin). Tails are slices
-of the codes, so the folder's tokenizer must code every frame alone (`frames_alone`).
+with another held-out clip's, and with the ending dropped (the guidance twin). The endings are
+the token folder's tails: every length where its tokenizer codes every frame alone
+(`tail_slices`), else the stored ones (`vidlm data tokenize --tails`).
 
     python docs/experiments/tail_probe.py --model RUN/model/lm --tokens RUN/data/tokens [--tails 2 5]
 """
@@ -32,10 +33,12 @@ with torch.no_grad():
     for j in a.tails:
         n = held[0].codes.shape[0] - j
         print(f"ending of {j} latent frames; generated frames 0..{n - 1}")
+        if any(j not in clip.tails for clip in held):
+            raise SystemExit(f"{a.tokens} holds no tails of {j} latent frames: tokenize with --tails {j}")
         for name in ("own", "another clip's", "dropped"):
             total = torch.zeros(n)
             for k, clip in enumerate(held):
-                tail = (held[(k + 1) % len(held)] if name == "another clip's" else clip).codes[-j:]
+                tail = (held[(k + 1) % len(held)] if name == "another clip's" else clip).tails[j]
                 seq = render_train("extend-backward", vocab, codes=clip.codes, text=clip.text, known=[(n, tail)],
                                    places=places, drop_known=name == "dropped")
                 logits = model(seq.ids[None, :-1], seq.coords[None, :-1])[0].float()
