@@ -42,15 +42,22 @@ Tasks (N latent frames in the clip; k, j lengths of known segments in latent fra
     i2v              frame 0 known; generate 1..N-1
     extend-forward   head 0..k-1 known; generate k..N-1
     extend-backward  tail N-j..N-1 known (stand-alone codes of the tail clip), first in the
-                     sequence; generate 0..N-j-1
-    connect          head 0..k-1 and tail N-j..N-1 known; generate k..N-j-1
+                     sequence; generate N-j-1, N-j-2, ..., 0: backward in time
+    connect          head 0..k-1 and tail N-j..N-1 known; generate k, N-j-1, k+1, N-j-2, ...:
+                     from both ends in turn, meeting in the middle
     loop             grid t: head 0..k-1 known and a tail at t..t+k-1 (after the end): in
                      training the clip's real continuation (stand-alone codes), at inference
-                     the head itself; generate k..t-1, so the last frame flows into the first
+                     the head itself; generate k, t-1, k+1, t-2, ... (as connect), so the last
+                     frame flows into the first
     edit             the codes of structure_view(clip) known (start None: aligned with the
                      grid, covering no frame); generate 0..N-1
 Known segments are codes of the stand-alone clip segment, as at inference: a head's codes equal
 the clip's first codes (causal tokenizer); a tail's come from pre-tokenization (`tails`).
+
+Generated frames come in the order above (`open_frames`), each frame's codes in raster order: every
+generated frame is next to one the LM can read, so one local skill (the next frame from a
+neighbour) serves every task. Without known frames a task generates forward; guidance variants
+keep `known` and set drop_known, so every variant generates in the same order.
 """
 
 from __future__ import annotations
@@ -185,11 +192,17 @@ def _known(task: str, grid, known) -> list[tuple[int | None, Tensor]]:
 
 
 def open_frames(task: str, grid, known) -> list[int]:
-    """Latent frames a task generates: those of the grid no known segment covers."""
+    """Latent frames a task generates (those of the grid no known segment covers), in the order
+    it generates them: each next to a frame it can read. Forward in time, but extend-backward
+    backward from its ending, and connect / loop from both ends in turn, meeting in the middle."""
     covered = {s + i for s, c in _known(task, grid, known) if s is not None for i in range(c.shape[0])}
     frames = [i for i in range(grid[0]) if i not in covered]
     if not frames:
         raise ValueError(f"{task}: the known segments cover all {grid[0]} frames; nothing to generate")
+    if task == "extend-backward" and known:
+        return frames[::-1]
+    if task in ("connect", "loop") and known:
+        return [frames[-1 - i // 2] if i % 2 else frames[i // 2] for i in range(len(frames))]
     return frames
 
 

@@ -87,6 +87,7 @@ def test_a_perfect_world_model_scores_perfectly():
     assert 30 < report["tokenizer_psnr"] < 60 and 0.9 < report["tokenizer_ssim"] <= 1.0
     assert report["detector_color_accuracy_on_truth"] == 1.0
     assert report["detection_rate"] == 1.0
+    assert all(set(report["detected_by_frame"][task]) == {1.0} for task in ("forward", "backward", "connect"))
     assert report["detector_color_accuracy_on_reconstruction"] == 1.0  # a near-lossless "tokenizer"
     assert report["detector_shape_accuracy_on_reconstruction"] == 1.0
 

@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from vidlm.lm.tasks import TASKS, draw_task, render_prompt, render_train, structure_view
+from vidlm.lm.tasks import (
+    TASKS,
+    draw_task,
+    open_frames,
+    render_prompt,
+    render_train,
+    structure_view,
+)
 from vidlm.lm.vocab import Vocab
 
 V = Vocab(text_size=10, code_size=20, max_t=4, max_h=2, max_w=2)
@@ -28,8 +35,8 @@ GOLDEN = {
                                        "code:2@1,0,0* code:3@1,0,1* code:4@2,0,0* code:5@2,0,1* <eos>@3,3,3")),
     "extend-forward": ((CODES, [(0, CODES[:2])]), ("<known>@-1,-1,-1 code:0@0,0,0 code:1@0,0,1 code:2@1,0,0 "
                                                   "code:3@1,0,1 <gen>@1,1,1 code:4@2,0,0* code:5@2,0,1* <eos>@3,3,3")),
-    "extend-backward": ((CODES, [(2, TAIL1)]), ("<known>@1,1,1 code:17@2,0,0 code:18@2,0,1 <gen>@-1,-1,-1 "
-                                               "code:0@0,0,0* code:1@0,0,1* code:2@1,0,0* code:3@1,0,1* <eos>@3,3,3")),
+    "extend-backward": ((CODES, [(2, TAIL1)]), ("<known>@1,1,1 code:17@2,0,0 code:18@2,0,1 <gen>@0,0,0 "
+                                               "code:2@1,0,0* code:3@1,0,1* code:0@0,0,0* code:1@0,0,1* <eos>@3,3,3")),
     "connect": ((CODES, [(0, CODES[:1]), (2, TAIL1)]), ("<known>@-1,-1,-1 code:0@0,0,0 code:1@0,0,1 <known>@1,1,1 "
                                                        "code:17@2,0,0 code:18@2,0,1 <gen>@0,0,0 code:2@1,0,0* "
                                                        "code:3@1,0,1* <eos>@3,3,3")),
@@ -79,6 +86,23 @@ def test_drops_keep_what_is_generated(task):
         assert torch.equal(prompt.ids, seq.ids[: len(prompt.ids)])
 
 
+def test_every_generated_frame_is_next_to_one_it_can_read():
+    """Forward tasks run forward in time; extend-backward runs back from its ending, and connect
+    and loop alternate between their two ends, meeting in the middle."""
+    z = lambda k: torch.zeros(k, 1, 2, dtype=torch.long)
+    assert open_frames("extend-forward", (7, 1, 2), [(0, z(2))]) == [2, 3, 4, 5, 6]
+    assert open_frames("extend-backward", (7, 1, 2), [(5, z(2))]) == [4, 3, 2, 1, 0]
+    assert open_frames("connect", (8, 1, 2), [(0, z(1)), (6, z(2))]) == [1, 5, 2, 4, 3]
+    assert open_frames("loop", (6, 1, 2), [(0, z(2))]) == [2, 5, 3, 4]  # its tail is the head at 6, 7
+    assert open_frames("extend-backward", (3, 1, 2), []) == [0, 1, 2]  # nothing known: forward
+    for task, grid, known in (("extend-backward", (7, 1, 2), [(5, z(2))]), ("connect", (8, 1, 2), [(0, z(1)), (6, z(2))]),
+                              ("loop", (6, 1, 2), [(0, z(2))])):
+        read = {s + i for s, c in known for i in range(len(c))} | ({grid[0]} if task == "loop" else set())
+        for t in open_frames(task, grid, known):
+            assert t - 1 in read or t + 1 in read, (task, t)
+            read.add(t)
+
+
 def test_draw_task_masks_exactly_the_generated_codes():
     g = torch.Generator().manual_seed(0)
     vocab = Vocab(text_size=10, code_size=50)
@@ -90,9 +114,10 @@ def test_draw_task_masks_exactly_the_generated_codes():
             grid, known = draw_task(task, codes, tails, structure, g)
             seq = render_train(task, vocab, codes=grid, text=[1, 2], known=known)
             targets = vocab.ids_to_codes(seq.ids[seq.loss_mask])
-            gen_t = sorted(set(seq.coords[seq.loss_mask][:, 0].tolist()))
+            gen_t = seq.coords[seq.loss_mask][::6, 0].tolist()  # each generated frame's time, in order
             covered = {s + i for s, c in known if s is not None for i in range(len(c))}
-            assert gen_t == [t for t in range(grid.shape[0]) if t not in covered]
+            assert sorted(gen_t) == [t for t in range(grid.shape[0]) if t not in covered]
+            assert gen_t == open_frames(task, tuple(grid.shape), known)
             assert torch.equal(targets, grid[gen_t].reshape(-1)), task
             assert seq.loss_mask.sum() == len(gen_t) * 6
     assert draw_task("edit", codes, tails, None, g) is None

@@ -25,7 +25,8 @@ ground-truth frames is reported beside the model's (`detector_*_on_truth`): it b
 metrics can show. So does its accuracy on the tokenizer's reconstructions of the same clips
 (`detector_*_on_reconstruction`): an object the tokenizer cannot code, no LM can generate. A
 generated frame with no detectable object counts as a guess at the frame centre (error) and as
-a mismatch (identity); `detection_rate` is the fraction of generated frames with one.
+a mismatch (identity); `detection_rate` is the fraction of generated frames with one, and
+`detected_by_frame` that fraction per generated frame of each extend / connect task.
 """
 
 from __future__ import annotations
@@ -220,6 +221,7 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
         seen = observe(run().video.cpu()[:, span.start:span.stop], bg)
         add(key, centre_errors(seen, [path[j] for j in span], size))
         add("detected", [o is not None for o in seen])
+        add(key + "_detected", [o is not None for o in seen])
         copy, const = baseline_errors(path, list(given), list(span))
         add(key + "_copy", copy)
         add(key + "_const", const)
@@ -270,6 +272,8 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
                                       "const_velocity": by_frame(k + "_const")}
                                for task, k in (("forward", "fwd"), ("backward", "bwd"), ("connect", "con"))},
         "detection_rate": mean("detected"),
+        "detected_by_frame": {task: by_frame(k + "_detected") for task, k in
+                              (("forward", "fwd"), ("backward", "bwd"), ("connect", "con"))},
         "detector_color_accuracy_on_truth": mean("det_colour_ok"),
         "detector_shape_accuracy_on_truth": mean("det_shape_ok"),
         "detector_color_accuracy_on_reconstruction": mean("rec_colour_ok"),

@@ -223,8 +223,9 @@ class VideoGenerator:
     def _sample(self, task: str, grid, text, known, *, seed=0, temperature=1.0, top_k=None,
                 top_p=None, cfg_text=1.0, cfg_visual=1.0, progress=False, window=None, keep=None,
                 period=1, prompt=None, speculative=SPECULATIVE, jacobi="first") -> Tensor:
-        """Sample the codes a task leaves open: codes (N,), the open frames' in raster order. The
-        sampling statistics (forward passes, drafts proposed / accepted per kind) go to `self.stats`."""
+        """Sample the codes a task leaves open: codes (N,), frame by frame in the order the task
+        generates them (`open_frames`), each in raster order. The sampling statistics (forward
+        passes, drafts proposed / accepted per kind) go to `self.stats`."""
         cond, no_text, bare = self._prompts(task, grid, text, known)
         if prompt is not None:  # a caller-built prompt (long: gen_coords past the window)
             cond = prompt

@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 from vidlm.lm.model import VideoLM
-from vidlm.lm.tasks import render_train
+from vidlm.lm.tasks import open_frames, render_train
 from vidlm.lm.tokendata import TokenStore
 from vidlm.lm.vocab import Vocab
 
@@ -32,7 +32,7 @@ held = [store[i] for i in range(len(store) - a.clips, len(store))]
 with torch.no_grad():
     for j in a.tails:
         n = held[0].codes.shape[0] - j
-        print(f"ending of {j} latent frames; generated frames 0..{n - 1}")
+        print(f"ending of {j} latent frames; generated frames 0..{n - 1}, in time order")
         if any(j not in clip.tails for clip in held):
             raise SystemExit(f"{a.tokens} holds no tails of {j} latent frames: tokenize with --tails {j}")
         for name in ("own", "another clip's", "dropped"):
@@ -43,5 +43,6 @@ with torch.no_grad():
                                    places=places, drop_known=name == "dropped")
                 logits = model(seq.ids[None, :-1], seq.coords[None, :-1])[0].float()
                 m = seq.loss_mask[1:]
-                total += F.cross_entropy(logits[m], seq.ids[1:][m], reduction="none").reshape(n, -1).mean(1)
+                order = open_frames("extend-backward", tuple(clip.codes.shape), [(n, tail)])  # generation order
+                total[order] += F.cross_entropy(logits[m], seq.ids[1:][m], reduction="none").reshape(n, -1).mean(1)
             print(f"  {name:<15}", " ".join(f"{v:.2f}" for v in (total / len(held)).tolist()))
