@@ -220,7 +220,6 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
     for key, (run, span, given) in cases.items():
         seen = observe(run().video.cpu()[:, span.start:span.stop], bg)
         add(key, centre_errors(seen, [path[j] for j in span], size))
-        add("detected", [o is not None for o in seen])
         add(key + "_detected", [o is not None for o in seen])
         copy, const = baseline_errors(path, list(given), list(span))
         add(key + "_copy", copy)
@@ -252,6 +251,7 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
             r.setdefault(key, []).extend(values)
 
     mean = lambda k: float(np.mean(r[k])) if r.get(k) else float("nan")
+    extends = (("forward", "fwd"), ("backward", "bwd"), ("connect", "con"))  # (report name, clip_metrics key)
     by_frame = lambda k: np.asarray(r[k]).reshape(num, -1).mean(0).round(2).tolist()  # every clip: the same frames
     report = {
         "tokenizer_psnr": mean("psnr"), "tokenizer_ssim": mean("ssim"),
@@ -270,10 +270,9 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
         },
         "errors_px_by_frame": {task: {"model": by_frame(k), "copy_last": by_frame(k + "_copy"),
                                       "const_velocity": by_frame(k + "_const")}
-                               for task, k in (("forward", "fwd"), ("backward", "bwd"), ("connect", "con"))},
-        "detection_rate": mean("detected"),
-        "detected_by_frame": {task: by_frame(k + "_detected") for task, k in
-                              (("forward", "fwd"), ("backward", "bwd"), ("connect", "con"))},
+                               for task, k in extends},
+        "detection_rate": float(np.mean([d for _, k in extends for d in r[k + "_detected"]])),
+        "detected_by_frame": {task: by_frame(k + "_detected") for task, k in extends},
         "detector_color_accuracy_on_truth": mean("det_colour_ok"),
         "detector_shape_accuracy_on_truth": mean("det_shape_ok"),
         "detector_color_accuracy_on_reconstruction": mean("rec_colour_ok"),

@@ -35,6 +35,7 @@ with torch.no_grad():
         print(f"ending of {j} latent frames; generated frames 0..{n - 1}, in time order")
         if any(j not in clip.tails for clip in held):
             raise SystemExit(f"{a.tokens} holds no tails of {j} latent frames: tokenize with --tails {j}")
+        order = open_frames("extend-backward", tuple(held[0].codes.shape), [(n, held[0].tails[j])])  # generation order
         for name in ("own", "another clip's", "dropped"):
             total = torch.zeros(n)
             for k, clip in enumerate(held):
@@ -43,6 +44,5 @@ with torch.no_grad():
                                    places=places, drop_known=name == "dropped")
                 logits = model(seq.ids[None, :-1], seq.coords[None, :-1])[0].float()
                 m = seq.loss_mask[1:]
-                order = open_frames("extend-backward", tuple(clip.codes.shape), [(n, tail)])  # generation order
                 total[order] += F.cross_entropy(logits[m], seq.ids[1:][m], reduction="none").reshape(n, -1).mean(1)
             print(f"  {name:<15}", " ".join(f"{v:.2f}" for v in (total / len(held)).tolist()))
