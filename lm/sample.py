@@ -247,22 +247,33 @@ DRAFT_KINDS = ("previous frame", "left", "jacobi")
 def draft_sources(prompt, legal: tuple[int, int] | None) -> tuple[Tensor, Tensor, Tensor]:
     """Where speculative decoding takes the draft of each position to generate, from coordinates
     alone: the code at the same (y, x) one latent frame away (t-1, else t+1: backgrounds and
-    slow objects repeat), else the code to its left in the same row. Sources are the prompt's
-    known codes (ids inside `legal`) and positions generated earlier. Returns source (N,): an
-    index into the timeline [known codes (K), generated (N)], -1 for none; kind (N,): an index
-    into DRAFT_KINDS; known (K,): the known codes' ids."""
+    slow objects repeat), else the nearest code to its left in the same row (codes that sit where
+    they draw, as two-level codes do, are more than one x apart). Sources are the prompt's known
+    codes (ids inside `legal`) and positions generated earlier. Returns source (N,): an index into
+    the timeline [known codes (K), generated (N)], -1 for none; kind (N,): an index into
+    DRAFT_KINDS; known (K,): the known codes' ids."""
     ids, coords = torch.as_tensor(prompt.ids), torch.as_tensor(prompt.coords)
     is_code = torch.ones_like(ids, dtype=torch.bool) if legal is None else (ids >= legal[0]) & (ids < legal[1])
     known = ids[is_code]
-    where = {tuple(c): i for i, c in enumerate(coords[is_code].tolist())}
+    where, rows = {}, {}  # (t, y, x) -> timeline index; (t, y) -> [(x, timeline index)]
+
+    def add(t, y, x, i):
+        where[(t, y, x)] = i
+        rows.setdefault((t, y), []).append((x, i))
+
+    for i, c in enumerate(coords[is_code].tolist()):
+        add(*c, i)
     gen = torch.as_tensor(prompt.gen_coords).tolist()
     source, kind = torch.full((len(gen),), -1, dtype=torch.long), torch.zeros(len(gen), dtype=torch.long)
     for j, (t, y, x) in enumerate(gen):
-        for k, near in ((0, (t - 1, y, x)), (0, (t + 1, y, x)), (1, (t, y, x - 1))):
-            if near in where:
-                source[j], kind[j] = where[near], k
-                break
-        where[(t, y, x)] = len(known) + j
+        near = where.get((t - 1, y, x), where.get((t + 1, y, x)))
+        if near is not None:
+            source[j] = near
+        else:
+            left = max((c for c in rows.get((t, y), ()) if c[0] < x), default=None)
+            if left is not None:
+                source[j], kind[j] = left[1], 1
+        add(t, y, x, len(known) + j)
     return source, kind, known
 
 

@@ -139,6 +139,9 @@ def test_draft_sources_follow_coordinates():
     left = Prompt(ids=torch.tensor([1]), coords=torch.zeros(1, 3, dtype=torch.long), gen_coords=prompt.gen_coords)
     source, kind, known = draft_sources(left, (20, 28))
     assert source.tolist() == [-1, 0, 1, 2, 3, 4] and kind[1:].tolist() == [1] * 5  # the code to the left
+    spaced = prompt.gen_coords * torch.tensor([1, 4, 4]) + torch.tensor([0, 2, 2])  # where two-level codes sit
+    left = Prompt(ids=left.ids, coords=left.coords, gen_coords=spaced)
+    assert draft_sources(left, (20, 28))[0].tolist() == [-1, 0, 1, 2, 3, 4]  # the nearest one to the left
 
 
 @pytest.mark.parametrize("jacobi", ["fallback", "first"])
