@@ -352,3 +352,46 @@ def test_next_query_turns_queries_to_the_predicted_place():
     assert not torch.allclose(m(ids, coords), m(ids, coords, next_coords=coords))
     plain = VideoLM(LMConfig.from_name("debug", vocab_size=64)).eval()
     torch.testing.assert_close(plain(ids, coords), plain(ids, coords, next_coords=coords))
+
+
+@torch.no_grad()
+def test_place_features_say_where_each_token_is():
+    """place_features: zero at init (a model grown with them computes what it did), then the
+    logits depend on where a row is in (y, x) but not in t, and the cached, one-token path
+    (told each token's next place) gives the logits of the whole row."""
+    torch.manual_seed(0)
+    plain = VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=2, next_query=True)).eval()
+    m = VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=2, next_query=True, place_features=4)).eval()
+    assert m.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["place_proj.weight"]
+    ids, coords = rand_seq(1, 14, seed=9)
+    torch.testing.assert_close(m(ids, coords), plain(ids, coords))
+    torch.nn.init.normal_(m.place_proj.weight, std=0.5)
+    full = m(ids, coords)
+    torch.testing.assert_close(m(ids, coords + torch.tensor([5, 0, 0])), full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(m(ids, coords + torch.tensor([0, 0, 1])), full, atol=1e-3)
+    nxt = torch.cat([coords[:, 1:], coords[:, -1:]], 1)
+    cache = KVCache.allocate(m.cfg, 1, 14)
+    got = [m(ids[:, :6], coords[:, :6], cache=cache, next_coords=nxt[:, :6])]
+    got += [m(ids[:, i : i + 1], coords[:, i : i + 1], cache=cache, next_coords=nxt[:, i : i + 1]) for i in range(6, 14)]
+    torch.testing.assert_close(torch.cat(got, 1), full, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_code_levels_read_codes_as_their_fsq_values():
+    """code_levels: the values each code id stands for are FSQ's own, and a model given them
+    computes what it did without them until training moves the new weights."""
+    from vector_quantize_pytorch import FSQ
+    from vidlm.lm.model import code_values
+
+    cfg = LMConfig.from_name("debug", vocab_size=V, n_layers=2, code_levels=(4, 3, 5), code_start=30)
+    table = code_values(cfg)
+    torch.testing.assert_close(table[30:90, :3], FSQ(levels=[4, 3, 5]).indices_to_codes(torch.arange(60)))
+    assert not table[:30].any() and not table[90:].any()
+    torch.manual_seed(0)
+    plain = VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=2)).eval()
+    m = VideoLM(cfg).eval()
+    m.load_state_dict(plain.state_dict(), strict=False)
+    ids, coords = rand_seq(1, 14, seed=9)
+    torch.testing.assert_close(m(ids, coords), plain(ids, coords))
+    with pytest.raises(ValueError, match="code_levels"):
+        LMConfig.from_name("debug", vocab_size=V, code_levels=(8, 8), code_start=40)
