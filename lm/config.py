@@ -15,7 +15,6 @@ Memory per ZeRO stage and expected throughput: recipes/README.md.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 from vidlm.lm.vocab import TASKS
@@ -60,19 +59,6 @@ class LMConfig:
     """Trained on the coordinates where the codes draw (two-level codes: `vidlm lm train` reads them
     from the token folder's tokenizer), not their grid coordinates; sampling must render the same.
     Set by training from its data."""
-    place_features: int = 0
-    """Where each token is, in its residual stream: n > 0 adds a learned projection (zero at init)
-    of sin/cos features of its own (y, x) and of the (y, x) it predicts, at periods 2, 4, ...,
-    2^n, to its embedding. RoPE tells attention scores relative places, but no value carries
-    one: without this, where an object is (and how far it moved) must be rebuilt from attention
-    patterns. No t: the world's rules do not depend on when, and `long` slides in time."""
-    code_levels: tuple[int, ...] = ()
-    """The FSQ levels of the video tokenizer's codes (empty: codes are plain ids). Given, the LM
-    also reads each code as its FSQ values (what the tokenizer's decoder reads, through a small
-    MLP) and adds to each code's logit a bump around a point in that space it predicts: codes
-    that draw alike are near each other there, however unlike their ids are."""
-    code_start: int = 0
-    """The id of code 0 (`Vocab.code_range`); set by training from its data."""
     checkpointing: bool = False
     """Activation checkpointing of every block in training (less memory, ~30% more compute)."""
     attn_backend: str = "auto"
@@ -88,11 +74,6 @@ class LMConfig:
         for name in ("vocab_size", "dim", "n_layers", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.code_levels and self.code_start + math.prod(self.code_levels) > self.vocab_size:
-            raise ValueError(f"code_levels {list(self.code_levels)} from code_start {self.code_start} need ids past "
-                             f"vocab_size {self.vocab_size}")
-        if self.place_features < 0:
-            raise ValueError(f"place_features must be >= 0, got {self.place_features}")
         if self.attn_backend not in ("auto", "flash", "sdpa", "flex"):
             raise ValueError(f"attn_backend must be 'auto', 'flash', 'sdpa' or 'flex', got {self.attn_backend!r}")
 

@@ -141,9 +141,7 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
         torch.set_num_threads(cfg.threads)
     run = Path(run_dir or cfg.run_dir)
     train_clips, val_clips, vocab = load_data(cfg, data)
-    lm_cfg = cfg.lm_config(vocab.size)
-    lm_cfg = dataclasses.replace(lm_cfg, code_places=places is not None,
-                                 code_start=vocab.code_range[0] if lm_cfg.code_levels else 0)
+    lm_cfg = dataclasses.replace(cfg.lm_config(vocab.size), code_places=places is not None)
     init = init_folder(cfg, lm_cfg, vocab)
     if dist.is_main:
         write_run_info(run, cfg, lm_cfg, vocab)

@@ -1,7 +1,8 @@
 """Row loss: where in a frame does an LM find its codes hard? The t2v loss (nats a code, with the
 caption) of the held-out clips of a token folder (its last 16, as `vidlm lm train` holds them
 out), by row of the latent grid, by latent frame, and split into the codes that repeat the code
-at their grid place in the latent frame before and those that change (where the object moves).
+at their grid place in the latent frame before and those that change (where the object moves),
+these by latent frame (at frame 1 only the caption says how it moves; from frame 2 the frames do).
 On two-level codes (`refine_rows`) the last
 rows are the fine codes, placed where the coarse codes say (the LM sees them at those places
 when the token folder holds its tokenizer): the rows show whether the LM learnt them. A prediction from the unigram of each row is printed beside it.
@@ -45,8 +46,9 @@ with torch.no_grad():
         flat = clip.codes.reshape(t_len, h * w)
         changed = torch.cat([torch.full((1, h * w), -1), (flat[1:] != flat[:-1]).long()]).flatten()
         level = ["coarse " if y < h - fine else "fine " for y in (grid % (h * w) // w).tolist()]
-        for lv, k, v in zip(level, changed.tolist(), nll.tolist()):
-            moved.setdefault(lv + ("first frame", "same as before", "changed")[k + 1], []).append(v)
+        for t, lv, k, v in zip((grid // (h * w)).tolist(), level, changed.tolist(), nll.tolist()):
+            kind = ("first frame", "same as before", f"changed, frame {t}" if t < 4 else "changed, frame 4+")[k + 1]
+            moved.setdefault(lv + kind, []).append(v)
         for t, y, v, code in zip((grid // (h * w)).tolist(), (grid % (h * w) // w).tolist(), nll.tolist(),
                                  seq.ids[1:][target].tolist()):
             rows.setdefault(y, []).append(v)
@@ -61,7 +63,7 @@ print("frame  loss")
 for t in sorted(frames):
     print(f"{t:3d}    {sum(frames[t]) / len(frames[t]):.3f}")
 total = sum(sum(v) for v in moved.values())
-print("codes                   share of codes  loss (nats a code)  share of the loss")
+print("codes                          share of codes  loss (nats a code)  share of the loss")
 n = sum(len(v) for v in moved.values())
 for k, v in sorted(moved.items()):
-    print(f"{k:<23} {len(v) / n:>14.3f}  {sum(v) / len(v):>18.3f}  {sum(v) / total:>17.3f}")
+    print(f"{k:<30} {len(v) / n:>14.3f}  {sum(v) / len(v):>18.3f}  {sum(v) / total:>17.3f}")
