@@ -121,6 +121,18 @@ def rope_angles(coords: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Te
     return ang.cos(), ang.sin()
 
 
+def code_values(cfg: LMConfig) -> Tensor:
+    """(vocab, n+1) fp32: each code id's FSQ values (FSQ's own: digit d of level L is (d - L//2) /
+    (L//2), the first level the fastest), then -|v|^2 / 2; zero rows for other ids."""
+    levels = torch.tensor(cfg.code_levels)
+    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
+    ids = torch.arange(int(levels.prod()))
+    v = ((ids[:, None] // basis) % levels - levels // 2) / (levels // 2)
+    table = torch.zeros(cfg.vocab_size, len(levels) + 1)
+    table[cfg.code_start : cfg.code_start + len(ids)] = torch.cat([v, -0.5 * v.square().sum(1, keepdim=True)], 1)
+    return table
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x (B,L,H,D) rotated by the angles (B,L,1,D), computed in fp32."""
     xf = x.float()
@@ -211,6 +223,12 @@ class VideoLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.digit_in = self.digit_out = None
+        if cfg.code_levels:  # see LMConfig.code_levels
+            n = len(cfg.code_levels)
+            self.register_buffer("code_values", code_values(cfg), persistent=False)  # (V, n+1)
+            self.digit_in = nn.Sequential(nn.Linear(n, cfg.dim, bias=False), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim, bias=False))
+            self.digit_out = nn.Linear(cfg.dim, n + 1, bias=False)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -226,17 +244,24 @@ class VideoLM(nn.Module):
                 if p.dim() == 2 or getattr(p, "ds_shape", None) is not None and len(p.ds_shape) == 2:
                     scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1.0
                     nn.init.normal_(p, mean=0.0, std=std * scale)
+            if self.digit_in is not None:  # zero: a model grown with them computes what it did without
+                nn.init.zeros_(self.digit_in[2].weight)
+                nn.init.zeros_(self.digit_out.weight)
 
-    def rope(self, coords: Tensor, next_coords: Tensor | None) -> tuple:
-        """(cos, sin) of coords (B,L,3); with cfg.next_query, then the queries' (cos, sin) at the
-        coordinates of the tokens they predict: next_coords (B,L,3), by default the next token's
-        in the row (the last one keeps its own), which is what a training row holds."""
-        rope = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D) each
-        if not self.cfg.next_query:
-            return rope
+    def embed(self, ids: Tensor, coords: Tensor, next_coords: Tensor | None) -> tuple[Tensor, tuple]:
+        """The input of the first block, and the (cos, sin) of coords (B,L,3); with cfg.next_query,
+        then the queries' (cos, sin) at the coordinates of the tokens they predict: next_coords
+        (B,L,3), by default the next token's in the row (the last one keeps its own), which is what
+        a training row holds. cfg.code_levels adds each code's FSQ values to the input."""
         if next_coords is None:
             next_coords = torch.cat([coords[:, 1:], coords[:, -1:]], 1)
-        return rope + rope_angles(next_coords, self.cfg.head_dim, self.cfg.rope_theta)
+        x = self.tok_emb(ids)  # (B,L,dim)
+        if self.digit_in is not None:
+            x = x + self.digit_in(self.code_values[ids, :-1].to(x.dtype))
+        rope = rope_angles(coords, self.cfg.head_dim, self.cfg.rope_theta)  # (B,L,1,D) each
+        if self.cfg.next_query:
+            rope = rope + rope_angles(next_coords, self.cfg.head_dim, self.cfg.rope_theta)
+        return x, rope
 
     def forward(self, ids: Tensor, coords: Tensor, *, cache: KVCache | None = None,
                 doc_ids: Tensor | None = None, last_only: bool = False, targets: Tensor | None = None,
@@ -248,7 +273,7 @@ class VideoLM(nn.Module):
         if coords.shape != (b, n, 3):
             raise ValueError(f"coords must be (B,L,3) = {(b, n, 3)} for ids {tuple(ids.shape)}, got {tuple(coords.shape)}")
         q_doc = k_doc = doc_ids
-        x = self.tok_emb(ids)  # (B,L,dim)
+        x, rope = self.embed(ids, coords, next_coords)
         backend = resolve_backend(self.cfg.attn_backend, x)
         if cache is not None:
             s = cache.length
@@ -265,7 +290,6 @@ class VideoLM(nn.Module):
                 q_doc = k_doc = None
         elif n > self.cfg.max_seq_len:
             raise ValueError(f"{n} tokens exceed the model's context of {self.cfg.max_seq_len}")
-        rope = self.rope(coords, next_coords)
         docs = (q_doc, k_doc, layer_plan(q_doc, k_doc, backend), backend)  # once, all layers
         ckpt = self.cfg.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
@@ -279,7 +303,16 @@ class VideoLM(nn.Module):
             return self.target_losses(x, targets)
         if last_only:  # prefill and sampling need the next-token logits only
             x = x[:, -1:]
-        return self.head(self.norm(x)).float()  # (B,L,V)
+        return self.logits(x)  # (B,L,V)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The last block's output -> fp32 logits; with code_levels, plus -s/2 |v - mu|^2 for each
+        code's FSQ values v, mu and s predicted here (the constant |mu|^2 left out)."""
+        x = self.norm(x)
+        out = self.head(x)
+        if self.digit_out is not None:
+            out = out + self.digit_out(x) @ self.code_values.T.to(x.dtype)
+        return out.float()
 
     def target_losses(self, x: Tensor, targets: Tensor) -> Tensor:
         """Cross entropy (N,) fp32 at the N positions with a target (>= 0), in order: the norm,
@@ -290,7 +323,7 @@ class VideoLM(nn.Module):
         h, t = x[sel], targets[sel]  # (N,dim), (N,)
 
         def chunk(h: Tensor, t: Tensor) -> Tensor:
-            return F.cross_entropy(self.head(self.norm(h)).float(), t, reduction="none")
+            return F.cross_entropy(self.logits(h), t, reduction="none")
 
         ckpt = torch.is_grad_enabled()
         parts = [torch.utils.checkpoint.checkpoint(chunk, h[i : i + LOSS_CHUNK], t[i : i + LOSS_CHUNK],
@@ -307,12 +340,11 @@ class VideoLM(nn.Module):
         cache.doc.index_fill_(1, pos, 0)
         causal = torch.arange(cache.max_len, device=pos.device)[None, :] <= pos[:, None]  # (n,max_len)
         mask = (cache.doc == 0)[:, None, None, :] & causal[None, None]  # (B,1,n,max_len)
-        rope = self.rope(coords, next_coords)
-        x = self.tok_emb(ids)
+        x, rope = self.embed(ids, coords, next_coords)
         docs = (None, None, mask, "sdpa")  # flash's kv-cache kernel has no document mask
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, docs, cache, i, pos)
-        return self.head(self.norm(x)).float()
+        return self.logits(x)
 
     def compile_step(self, backend: str = "inductor", mode: str = "auto") -> VideoLM:
         """Replace `step` by `torch.compile(step, fullgraph=True, mode=mode)`: one graph for every

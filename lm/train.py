@@ -120,6 +120,21 @@ def peak_flops(cfg: TrainConfig) -> float | None:
     return None
 
 
+def check_code_levels(levels: tuple[int, ...], tokens: Path) -> None:
+    """model.code_levels must be the FSQ levels of the token folder's tokenizer (before anything is
+    built: a wrong one is refused at once)."""
+    from vidlm.config import ConfigError, read_json
+
+    if not levels:
+        return
+    path = tokens / "tokenizer" / "config.json"
+    tok = read_json(path).get("config", {}) if path.is_file() else {}
+    if tok.get("quantizer") != "fsq" or list(tok.get("levels", ())) != list(levels):
+        found = f"its tokenizer codes with {tok.get('quantizer')} levels {tok.get('levels')}" if tok else "it holds no tokenizer"
+        raise ConfigError(f"model.code_levels {list(levels)} must be the FSQ levels of the codes in {tokens}, but "
+                          f"{found}; set model.code_levels to its FSQ levels, or leave it out")
+
+
 def write_run_info(run: Path, cfg: TrainConfig, lm_cfg: LMConfig, vocab: Vocab) -> None:
     from vidlm.config import to_dict
 
@@ -141,7 +156,10 @@ def main(cfg: TrainConfig, *, run_dir: str | None = None, data: str | None = Non
         torch.set_num_threads(cfg.threads)
     run = Path(run_dir or cfg.run_dir)
     train_clips, val_clips, vocab = load_data(cfg, data)
-    lm_cfg = dataclasses.replace(cfg.lm_config(vocab.size), code_places=places is not None)
+    lm_cfg = cfg.lm_config(vocab.size)
+    check_code_levels(lm_cfg.code_levels, Path(data or cfg.data.tokens))
+    lm_cfg = dataclasses.replace(lm_cfg, code_places=places is not None,
+                                 code_start=vocab.code_range[0] if lm_cfg.code_levels else 0)
     init = init_folder(cfg, lm_cfg, vocab)
     if dist.is_main:
         write_run_info(run, cfg, lm_cfg, vocab)

@@ -352,3 +352,25 @@ def test_next_query_turns_queries_to_the_predicted_place():
     assert not torch.allclose(m(ids, coords), m(ids, coords, next_coords=coords))
     plain = VideoLM(LMConfig.from_name("debug", vocab_size=64)).eval()
     torch.testing.assert_close(plain(ids, coords), plain(ids, coords, next_coords=coords))
+
+
+@torch.no_grad()
+def test_code_levels_read_codes_as_their_fsq_values():
+    """code_levels: the values each code id stands for are FSQ's own, and a model given them
+    computes what it did without them until training moves the new weights."""
+    from vector_quantize_pytorch import FSQ
+    from vidlm.lm.model import code_values
+
+    cfg = LMConfig.from_name("debug", vocab_size=V, n_layers=2, code_levels=(4, 3, 5), code_start=30)
+    table = code_values(cfg)
+    torch.testing.assert_close(table[30:90, :3], FSQ(levels=[4, 3, 5]).indices_to_codes(torch.arange(60)))
+    assert not table[:30].any() and not table[90:].any()
+    torch.manual_seed(0)
+    plain = VideoLM(LMConfig.from_name("debug", vocab_size=V, n_layers=2)).eval()
+    m = VideoLM(cfg).eval()
+    assert sum(p.numel() for p in m.parameters()) == cfg.num_params()
+    m.load_state_dict(plain.state_dict(), strict=False)
+    ids, coords = rand_seq(1, 14, seed=9)
+    torch.testing.assert_close(m(ids, coords), plain(ids, coords))
+    with pytest.raises(ValueError, match="code_levels"):
+        LMConfig.from_name("debug", vocab_size=V, code_levels=(8, 8), code_start=40)
