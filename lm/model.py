@@ -122,14 +122,13 @@ def rope_angles(coords: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Te
 
 
 def code_values(cfg: LMConfig) -> Tensor:
-    """(vocab, n+1) fp32: each code id's FSQ values (FSQ's own: digit d of level L is (d - L//2) /
-    (L//2), the first level the fastest), then -|v|^2 / 2; zero rows for other ids."""
-    levels = torch.tensor(cfg.code_levels)
-    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
-    ids = torch.arange(int(levels.prod()))
-    v = ((ids[:, None] // basis) % levels - levels // 2) / (levels // 2)
-    table = torch.zeros(cfg.vocab_size, len(levels) + 1)
-    table[cfg.code_start : cfg.code_start + len(ids)] = torch.cat([v, -0.5 * v.square().sum(1, keepdim=True)], 1)
+    """(vocab, n+1) fp32: each code id's FSQ values (vector-quantize-pytorch's, as the tokenizer
+    codes them), then -|v|^2 / 2; zero rows for other ids."""
+    from vector_quantize_pytorch import FSQ
+
+    v = FSQ(levels=list(cfg.code_levels)).indices_to_codes(torch.arange(math.prod(cfg.code_levels))).float()
+    table = torch.zeros(cfg.vocab_size, v.shape[1] + 1)
+    table[cfg.code_start : cfg.code_start + len(v)] = torch.cat([v, -0.5 * v.square().sum(1, keepdim=True)], 1)
     return table
 
 

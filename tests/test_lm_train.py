@@ -255,6 +255,27 @@ def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
         main(debug_cfg(steps=2, init_from=str(tmp_path / "model"), model={"n_layers": 1}),
              run_dir=str(tmp_path / "other"), data=str(tokens))
 
+def test_code_levels_must_be_the_tokenizers(dist, tokens, tmp_path):
+    """model.code_levels trains where the token folder's tokenizer codes with those FSQ levels, and
+    is refused before training where it does not (other levels, or no tokenizer)."""
+    import json
+    import shutil
+
+    from vidlm.lm.train import main
+
+    from vidlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no tokenizer"):
+        main(debug_cfg(steps=2, model={"code_levels": [4, 8]}), run_dir=str(tmp_path / "none"), data=str(tokens))
+    fsq = tmp_path / "tokens"
+    shutil.copytree(tokens, fsq)
+    (fsq / "tokenizer").mkdir()
+    (fsq / "tokenizer" / "config.json").write_text(json.dumps({"config": {"quantizer": "fsq", "levels": [4, 8]}}))
+    with pytest.raises(ConfigError, match=r"levels \[4, 8\]"):
+        main(debug_cfg(steps=2, model={"code_levels": [8, 4]}), run_dir=str(tmp_path / "other"), data=str(fsq))
+    out = main(debug_cfg(steps=2, model={"code_levels": [4, 8]}), run_dir=str(tmp_path / "run"), data=str(fsq))
+    assert len(out["losses"]) == 2 and out["params_held"] > 0
+
 
 @pytest.mark.slow
 def test_exact_resume_two_ranks(tokens, tmp_path):
@@ -307,25 +328,3 @@ def worker(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(worker())
-
-
-def test_code_levels_must_be_the_tokenizers(dist, tokens, tmp_path):
-    """model.code_levels trains where the token folder's tokenizer codes with those FSQ levels, and
-    is refused before training where it does not (other levels, or no tokenizer)."""
-    import json
-    import shutil
-
-    from vidlm.lm.train import main
-
-    from vidlm.config import ConfigError
-
-    with pytest.raises(ConfigError, match="holds no tokenizer"):
-        main(debug_cfg(steps=2, model={"code_levels": [4, 8]}), run_dir=str(tmp_path / "none"), data=str(tokens))
-    fsq = tmp_path / "tokens"
-    shutil.copytree(tokens, fsq)
-    (fsq / "tokenizer").mkdir()
-    (fsq / "tokenizer" / "config.json").write_text(json.dumps({"config": {"quantizer": "fsq", "levels": [4, 8]}}))
-    with pytest.raises(ConfigError, match=r"levels \[4, 8\]"):
-        main(debug_cfg(steps=2, model={"code_levels": [8, 4]}), run_dir=str(tmp_path / "other"), data=str(fsq))
-    out = main(debug_cfg(steps=2, model={"code_levels": [4, 8]}), run_dir=str(tmp_path / "run"), data=str(fsq))
-    assert len(out["losses"]) == 2 and out["params_held"] > 0

@@ -46,11 +46,11 @@ with torch.no_grad():
         flat = clip.codes.reshape(t_len, h * w)
         changed = torch.cat([torch.full((1, h * w), -1), (flat[1:] != flat[:-1]).long()]).flatten()
         level = ["coarse " if y < h - fine else "fine " for y in (grid % (h * w) // w).tolist()]
-        for t, lv, k, v in zip((grid // (h * w)).tolist(), level, changed.tolist(), nll.tolist()):
+        frame_of = (grid // (h * w)).tolist()
+        for t, lv, k, v in zip(frame_of, level, changed.tolist(), nll.tolist()):
             kind = ("first frame", "same as before", f"changed, frame {t}" if t < 4 else "changed, frame 4+")[k + 1]
             moved.setdefault(lv + kind, []).append(v)
-        for t, y, v, code in zip((grid // (h * w)).tolist(), (grid % (h * w) // w).tolist(), nll.tolist(),
-                                 seq.ids[1:][target].tolist()):
+        for t, y, v, code in zip(frame_of, (grid % (h * w) // w).tolist(), nll.tolist(), seq.ids[1:][target].tolist()):
             rows.setdefault(y, []).append(v)
             frames.setdefault(t, []).append(v)
             hist.setdefault(y, []).append(code)
