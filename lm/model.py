@@ -164,7 +164,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, rope: tuple, docs: tuple, cache: KVCache | None, layer: int,
-                pos: Tensor | None = None) -> Tensor:
+                pos: Tensor | None = None, keys: int | None = None) -> Tensor:
         # rope: (cos, sin) of every token's coordinates, then the queries' own (cos, sin) if they differ
         b, n, _ = x.shape  # (B,L,dim)
         hq, hkv = self.cfg.n_heads, self.cfg.kv_heads
@@ -175,10 +175,10 @@ class Attention(nn.Module):
             q, k = qk[:, :, :hq], qk[:, :, hq:]  # (B,L,Hq,D), (B,L,Hkv,D)
         else:
             q, k = apply_rope(qkv[:, :, :hq], *rope[2:]), apply_rope(qkv[:, :, hq : hq + hkv], *rope[:2])
-        if pos is not None:  # static step: write at the positions `pos`, attend over the whole buffer
+        if pos is not None:  # static step: write at the positions `pos`, attend over the first `keys` slots
             cache.k[layer].index_copy_(1, pos, k.to(cache.k.dtype))
             cache.v[layer].index_copy_(1, pos, v.to(cache.v.dtype))
-            k, v = cache.k[layer], cache.v[layer]  # (B,max_len,Hkv,D)
+            k, v = cache.k[layer, :, :keys], cache.v[layer, :, :keys]  # (B,keys,Hkv,D)
         elif cache is not None:  # append the rotated keys at cache.length, attend over all filled
             s = cache.length
             cache.k[layer, :, s : s + n] = k
@@ -211,8 +211,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x, rope, docs, cache, layer, pos=None):
-        x = x + self.attn(self.attn_norm(x), rope, docs, cache, layer, pos)
+    def forward(self, x, rope, docs, cache, layer, pos=None, keys=None):
+        x = x + self.attn(self.attn_norm(x), rope, docs, cache, layer, pos, keys)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -330,19 +330,31 @@ class VideoLM(nn.Module):
                  chunk(h[i : i + LOSS_CHUNK], t[i : i + LOSS_CHUNK]) for i in range(0, len(t), LOSS_CHUNK)]
         return torch.cat(parts) if parts else x.new_zeros(0, dtype=torch.float32)
 
+    static_shapes = False
+    """`step` attends over the whole cache buffer (one shape for every position: set by
+    `compile_step`), not over its filled slots only."""
+
     def step(self, ids: Tensor, coords: Tensor, pos: Tensor, cache: KVCache, next_coords: Tensor | None = None) -> Tensor:
         """Decode with static buffers (gpt-fast's): ids (B,n) at coords (B,n,3) are written at
         positions `pos` ((n,) long tensor, consecutive from cache.length) of the cache, in document
-        0, and attend over the whole buffer under the mask doc == 0 and key position <= query's
-        (empty slots hold doc -1). No host sync and no Python-side length: `compile_step` traces it
-        once for every position. The caller advances `cache.length`. Logits (B,n,V)."""
+        0, and attend under the mask doc == 0 and key position <= query's (empty slots hold doc -1).
+        Compiled (`static_shapes`), the keys are the whole buffer: no host sync and no Python-side
+        length, so `compile_step` traces it once for every position. Eager, they are the filled
+        slots only (cache.length + n), as a dynamic cache's: the buffer's empty tail would double
+        the attention of an average step (`vidlm bench lm`). The caller advances `cache.length`.
+        Logits (B,n,V)."""
+        n = ids.shape[1]
+        keys = cache.max_len if self.static_shapes else cache.length + n
         cache.doc.index_fill_(1, pos, 0)
-        causal = torch.arange(cache.max_len, device=pos.device)[None, :] <= pos[:, None]  # (n,max_len)
-        mask = (cache.doc == 0)[:, None, None, :] & causal[None, None]  # (B,1,n,max_len)
+        if not self.static_shapes and n == 1 and cache.uniform:
+            mask = None  # one query after every filled slot of one unpadded document: no mask
+        else:
+            causal = torch.arange(keys, device=pos.device)[None, :] <= pos[:, None]  # (n,keys)
+            mask = (cache.doc[:, :keys] == 0)[:, None, None, :] & causal[None, None]  # (B,1,n,keys)
         x, rope = self.embed(ids, coords, next_coords)
         docs = (None, None, mask, "sdpa")  # flash's kv-cache kernel has no document mask
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, docs, cache, i, pos)
+            x = layer(x, rope, docs, cache, i, pos, keys)
         return self.logits(x)
 
     def compile_step(self, backend: str = "inductor", mode: str = "auto") -> VideoLM:
@@ -355,6 +367,7 @@ class VideoLM(nn.Module):
         overwrites a step's output buffer, so that step returns a copy of its logits."""
         if mode == "auto":
             mode = "reduce-overhead" if next(self.parameters()).is_cuda else "default"
+        self.static_shapes = True
         step = torch.compile(self.step, backend=backend, fullgraph=True, mode=mode)
         self.step = (lambda *args: step(*args).clone()) if mode == "reduce-overhead" else step
         # CUDA graphs record one graph per pass length: speculative passes are then padded to one

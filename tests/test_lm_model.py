@@ -287,18 +287,23 @@ def test_flash_gets_doc_ids_only_where_the_cache_needs_them(model, monkeypatch):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("compiled", [False, True])
-def test_static_step_equals_cached_forward(model, compiled):
-    """VideoLM.step (fixed buffers, position tensor, no host sync) gives the logits of the
-    dynamic cached forward, over a left-padded prompt, and traces as one graph (fullgraph
-    compile with the aot_eager backend: a host sync or a Python-side length would break it)."""
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("mode", ["eager", "static", "compiled"])
+def test_static_step_equals_cached_forward(model, mode, padded, monkeypatch):
+    """VideoLM.step (fixed buffers, position tensor) gives the logits of the dynamic cached
+    forward, over a left-padded prompt or an unpadded one (one query then needs no mask): eager
+    over the filled slots, and with `static_shapes` over the whole buffer, where it traces as one
+    graph (fullgraph compile with the aot_eager backend: a host sync or a Python-side length
+    would break it)."""
     ids, coords = rand_seq(2, 16, seed=6)
     doc = torch.zeros(2, 10, dtype=torch.long)
-    doc[1, :3] = -1  # row 1's prompt is left-padded
+    if padded:
+        doc[1, :3] = -1  # row 1's prompt is left-padded
     ref_cache, cache = KVCache.allocate(model.cfg, 2, 24), KVCache.allocate(model.cfg, 2, 24)
     for c in (ref_cache, cache):
         model(ids[:, :10], coords[:, :10], cache=c, doc_ids=doc)
-    step = torch.compile(model.step, backend="aot_eager", fullgraph=True, dynamic=False) if compiled else model.step
+    monkeypatch.setattr(model, "static_shapes", mode != "eager", raising=False)
+    step = torch.compile(model.step, backend="aot_eager", fullgraph=True, dynamic=False) if mode == "compiled" else model.step
     pos = torch.full((1,), 10)
     for i in range(10, 16):
         ref = model(ids[:, i : i + 1], coords[:, i : i + 1], cache=ref_cache)[:, -1]
