@@ -255,6 +255,7 @@ def test_debug_run_learns_every_task_and_exports(dist, tokens, tmp_path):
         main(debug_cfg(steps=2, init_from=str(tmp_path / "model"), model={"n_layers": 1}),
              run_dir=str(tmp_path / "other"), data=str(tokens))
 
+
 def test_code_levels_must_be_the_tokenizers(dist, tokens, tmp_path):
     """model.code_levels trains where the token folder's tokenizer codes with those FSQ levels, and
     is refused before training where it does not (other levels, or no tokenizer)."""
