@@ -25,20 +25,8 @@ from vidlm.tokenizer.model import VideoTokenizer
 
 from vidlm.pretokenize import load_places
 
-p = argparse.ArgumentParser()
-p.add_argument("--model", required=True, help="an exported LM folder")
-p.add_argument("--tokens", required=True, help="the token folder it was trained on (with its tokenizer)")
-p.add_argument("--clips", type=int, default=24, help="clips of the sharpness probe")
-p.add_argument("--threads", type=int, default=2)
-a = p.parse_args()
-torch.set_num_threads(a.threads)
-model, vocab = VideoLM.from_pretrained(a.model).eval(), Vocab.from_pretrained(a.tokens)
-store, places = TokenStore.open(a.tokens), load_places(a.tokens)
-tok = VideoTokenizer.from_pretrained(f"{a.tokens}/tokenizer").eval()
-fine_rows = tok.cfg.refine_rows
 
-
-def frame_nll(codes: torch.Tensor) -> torch.Tensor:
+def frame_nll(model: VideoLM, vocab: Vocab, places, codes: torch.Tensor) -> torch.Tensor:
     """codes (K+1,h,w) -> the t2v NLL (h,w) of the last frame's codes, without the caption."""
     seq = render_train("t2v", vocab, codes=codes, text=None, places=places, drop_text=True)
     logits = model(seq.ids[None, :-1], seq.coords[None, :-1])[0].float()
@@ -46,7 +34,7 @@ def frame_nll(codes: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[m], seq.ids[1:][m], reduction="none").view(codes.shape)[-1]
 
 
-def direction(k: int) -> None:
+def direction(model, vocab, places, store, fine_rows: int, k: int) -> None:
     res = {"goes on": [], "reverses": []}
     for i in range(len(store) - 64, len(store)):
         c = store[i].codes
@@ -54,46 +42,90 @@ def direction(k: int) -> None:
         if torch.equal(on[k], back[k]) or torch.equal(c[k - 1], c[k]):
             continue  # no motion to read
         for name, x in (("goes on", on), ("reverses", back)):
-            res[name].append(float(frame_nll(x)[: x.shape[1] - fine_rows].sum()))
+            res[name].append(float(frame_nll(model, vocab, places, x)[: x.shape[1] - fine_rows].sum()))
     print(f"direction, {k} frames given: frame {k} goes on {np.mean(res['goes on']):.2f} nats, reverses "
           f"{np.mean(res['reverses']):.2f} (coarse codes, {len(res['goes on'])} clips)")
 
 
-def sharpness(shifts=(-4, -2, -1, -0.5, 0, 0.5, 1, 2, 4)) -> None:
-    nll, unlike, best, seed, n = {d: [] for d in shifts}, {d: [] for d in shifts}, 0, 2**32 + 1000, 0
-    while n < a.clips:
+SHIFTS = (-4, -2, -1, -0.5, 0, 0.5, 1, 2, 4)
+
+
+def motion_clips(clips: int):
+    """Held-out single-object clips, no bar, bouncing, at least 1 px a frame and no bounce in
+    frames 0-2 (`render_clip` seeds from 2**32 + 1001): (video, background, object, centres of
+    frames 0-2) each."""
+    seed, n = 2**32 + 1000, 0
+    while n < clips:
         seed += 1
         video, _, world = render_clip(seed)
         o = world["objects"][0]
         if len(world["objects"]) != 1 or world["bar"] or o["motion"] != "bouncing":
             continue
         c0, c1, c2 = (np.array(c) for c in o["centres"][:3])
-        v = c2 - c1
-        if np.linalg.norm(v) < 1 or np.linalg.norm(c2 - c0 - 2 * v) > 0.1:
+        if np.linalg.norm(c2 - c1) < 1 or np.linalg.norm(c2 - c0 - 2 * (c2 - c1)) > 0.1:
             continue  # too slow, or a bounce in frames 0-2
-        bg, colour = np.array(BACKGROUNDS[world["background"]], float), np.array(COLOURS[o["colour"]], float)
+        n += 1
+        yield video, world["background"], o, (c0, c1, c2)
+
+
+def sharpness_cases(tok: VideoTokenizer, clips: int, shifts=SHIFTS) -> list[torch.Tensor]:
+    """Per clip of motion_clips, codes (2 + len(shifts), h, w): true frames 0, 1, then frame 2
+    with the object moved d pixels along its motion for each d in shifts."""
+    cases = []
+    for video, background, o, (_, c1, c2) in motion_clips(clips):
+        v = c2 - c1
+        bg, colour = np.array(BACKGROUNDS[background], float), np.array(COLOURS[o["colour"]], float)
         moved = []
         for d in shifts:
             cov = coverage(o["shape"], o["size"], *(c2 + d * v / np.linalg.norm(v)), 64, 64)[..., None]
             moved.append(np.clip(np.round(bg * (1 - cov) + colour * cov), 0, 255))
         x = torch.tensor(np.stack([video[0], video[1], *moved]), dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1
-        ids = torch.cat([tok.encode(x[:, :, j : j + 1]) for j in range(x.shape[2])], 1)[0]
-        truth = ids[2 + list(shifts).index(0)]
+        cases.append(torch.cat([tok.encode(x[:, :, j : j + 1]) for j in range(x.shape[2])], 1)[0])
+    return cases
+
+
+def sharpness(model, vocab, places, cases: list[torch.Tensor], fine_rows: int, shifts=SHIFTS) -> dict:
+    """{"nll": mean NLL of frame 2 per shift, "coarse": of its coarse codes, "unlike": mean coarse
+    codes unlike the truth's, "best": clips whose likeliest frame 2 is the truth}."""
+    nll, coarse, unlike = {d: [] for d in shifts}, {d: [] for d in shifts}, {d: [] for d in shifts}
+    best, zero = 0, 2 + list(shifts).index(0)
+    for ids in cases:
         per = {}
         for j, d in enumerate(shifts):
-            per[d] = float(frame_nll(torch.stack([ids[0], ids[1], ids[2 + j]])).sum())
+            f = frame_nll(model, vocab, places, torch.stack([ids[0], ids[1], ids[2 + j]]))
+            per[d] = float(f.sum())
             nll[d].append(per[d])
-            unlike[d].append(float((ids[2 + j, : -fine_rows or None] != truth[: -fine_rows or None]).sum()))
+            coarse[d].append(float(f[: -fine_rows or None].sum()))
+            unlike[d].append(float((ids[2 + j, : -fine_rows or None] != ids[zero, : -fine_rows or None]).sum()))
         best += min(per, key=per.get) == 0
-        n += 1
+    return {"nll": {d: float(np.mean(v)) for d, v in nll.items()}, "coarse": {d: float(np.mean(v)) for d, v in coarse.items()},
+            "unlike": {d: float(np.mean(v)) for d, v in unlike.items()}, "best": best}
+
+
+def print_sharpness(res: dict, clips: int) -> None:
     print("sharpness: frame 2 with the object moved d px along its motion, given true frames 0, 1")
-    print("   d px  NLL (nats, all codes)  coarse codes unlike the truth's")
-    for d in shifts:
-        print(f"{d:7.1f}  {np.mean(nll[d]):21.2f}  {np.mean(unlike[d]):30.2f}")
-    print(f"the truth is the likeliest in {best} of {n} clips")
+    print("   d px  NLL (nats, all codes)  NLL (coarse codes)  coarse codes unlike the truth's")
+    for d in res["nll"]:
+        print(f"{d:7.1f}  {res['nll'][d]:21.2f}  {res['coarse'][d]:18.2f}  {res['unlike'][d]:30.2f}")
+    print(f"the truth is the likeliest in {res['best']} of {clips} clips")
 
 
-with torch.no_grad():
-    direction(2)
-    direction(4)
-    sharpness()
+def load(model_dir: str, tokens: str):
+    """The LM, its vocab, the token store, its code places and its tokenizer."""
+    return (VideoLM.from_pretrained(model_dir).eval(), Vocab.from_pretrained(tokens), TokenStore.open(tokens),
+            load_places(tokens), VideoTokenizer.from_pretrained(f"{tokens}/tokenizer").eval())
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="an exported LM folder")
+    p.add_argument("--tokens", required=True, help="the token folder it was trained on (with its tokenizer)")
+    p.add_argument("--clips", type=int, default=24, help="clips of the sharpness probe")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    model, vocab, store, places, tok = load(a.model, a.tokens)
+    with torch.no_grad():
+        for k in (2, 4):
+            direction(model, vocab, places, store, tok.cfg.refine_rows, k)
+        print_sharpness(sharpness(model, vocab, places, sharpness_cases(tok, a.clips), tok.cfg.refine_rows), a.clips)
