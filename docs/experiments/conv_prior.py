@@ -2,8 +2,8 @@
 On motion_probe.py's held-out clips (true frames 0, 1 given, no bounce before frame 2), the LM
 generates frame 2 (extend-forward, no caption), with beta * the net's log-probabilities added to
 the logits of each coarse code (a product of experts; the fine codes are the LM's alone); the
-codes are decoded and the object's centre (the pixels nearer its colour than the background's)
-is compared with the truth. Also: the true codes decoded (the measuring floor), and copying
+codes are decoded and the object's centre (`vidlm.evaluate.observe`, eval world's detector) is
+compared with the truth. Also: the true codes decoded (the measuring floor), and copying
 frame 1 (the object standing still). `--eval N` then runs `vidlm eval world`'s metrics on N
 clips for each beta; `--net-back` (conv_step.py --reverse) adds the prior to frames generated
 back in time too.
@@ -16,11 +16,12 @@ import argparse
 import numpy as np
 import torch
 from conv_step import ConvStep
-from motion_probe import load, motion_clips
+from motion_probe import encode_frames, load, motion_clips
 from torch import nn
-from vidlm.data.synthetic import BACKGROUNDS, COLOURS
 from vidlm.lm.sample import generate
 from vidlm.lm.tasks import render_prompt
+
+from vidlm.evaluate import observe
 
 p = argparse.ArgumentParser()
 p.add_argument("--lm", required=True)
@@ -98,30 +99,18 @@ class WithPrior(nn.Module):
         return logits
 
 
-def centre(frame: np.ndarray, colour, bg) -> np.ndarray | None:
-    """frame (H,W,3) in [0, 255] -> the (x, y) centroid of the pixels nearer colour than bg."""
-    near = np.linalg.norm(frame - colour, axis=-1) < np.linalg.norm(frame - bg, axis=-1)
-    if not near.any():
-        return None
-    ys, xs = np.nonzero(near)
-    return np.array([xs.mean(), ys.mean()])
-
-
-def frame_of(codes: torch.Tensor) -> np.ndarray:
-    """codes (h, w) of one frame -> (H, W, 3) float pixels."""
+def centre(codes: torch.Tensor, background: str) -> np.ndarray | None:
+    """codes (h, w) of one frame -> the detected object's (x, y) centre, or None."""
     with torch.no_grad():
-        v = tok.decode(codes[None, None])[0, :, 0]  # (3,H,W)
-    return ((v.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+        seen = observe(tok.decode(codes[None, None])[0], background)[0]
+    return None if seen is None else np.array(seen["centre"])
 
 
 errors: dict[str, list] = {"truth decoded": [], "copy frame 1": []}
 missed: dict[str, int] = {}
-for video, background, o, (_, c1, c2) in motion_clips(a.clips):
-    x = torch.tensor(video[:3], dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1
-    with torch.no_grad():
-        codes = torch.cat([tok.encode(x[:, :, j : j + 1]) for j in range(3)], 1)[0]  # (3,h,w)
-    bg, colour = np.array(BACKGROUNDS[background], float), np.array(COLOURS[o["colour"]], float)
-    errors["truth decoded"].append(np.linalg.norm(centre(frame_of(codes[2]), colour, bg) - c2))
+for video, background, _obj, (_, c1, c2) in motion_clips(a.clips):
+    codes = encode_frames(tok, video[:3])  # (3,h,w)
+    errors["truth decoded"].append(np.linalg.norm(centre(codes[2], background) - c2))
     errors["copy frame 1"].append(np.linalg.norm(c1 - c2))
     prompt = render_prompt("extend-forward", vocab, grid=(3, *codes.shape[1:]), known=[(0, codes[:2])], places=places)
     for beta in a.betas:
@@ -132,7 +121,7 @@ for video, background, o, (_, c1, c2) in motion_clips(a.clips):
                 with torch.no_grad():
                     new = generate(model, prompt, legal=vocab.code_range, temperature=temp,
                                    generator=torch.Generator().manual_seed(s))
-                c = centre(frame_of(vocab.ids_to_codes(new[0]).view(codes.shape[1:])), colour, bg)
+                c = centre(vocab.ids_to_codes(new[0]).view(codes.shape[1:]), background)
                 if c is None:
                     missed[name] = missed.get(name, 0) + 1
                 else:

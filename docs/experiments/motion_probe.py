@@ -68,6 +68,13 @@ def motion_clips(clips: int):
         yield video, world["background"], o, (c0, c1, c2)
 
 
+def encode_frames(tok: VideoTokenizer, frames: np.ndarray) -> torch.Tensor:
+    """frames (T,H,W,3) uint8 -> codes (T,h,w), each frame coded alone."""
+    x = torch.tensor(np.asarray(frames), dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1
+    with torch.no_grad():
+        return torch.cat([tok.encode(x[:, :, j : j + 1]) for j in range(x.shape[2])], 1)[0]
+
+
 def sharpness_cases(tok: VideoTokenizer, clips: int, shifts=SHIFTS) -> list[torch.Tensor]:
     """Per clip of motion_clips, codes (2 + len(shifts), h, w): true frames 0, 1, then frame 2
     with the object moved d pixels along its motion for each d in shifts."""
@@ -79,8 +86,7 @@ def sharpness_cases(tok: VideoTokenizer, clips: int, shifts=SHIFTS) -> list[torc
         for d in shifts:
             cov = coverage(o["shape"], o["size"], *(c2 + d * v / np.linalg.norm(v)), 64, 64)[..., None]
             moved.append(np.clip(np.round(bg * (1 - cov) + colour * cov), 0, 255))
-        x = torch.tensor(np.stack([video[0], video[1], *moved]), dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1
-        cases.append(torch.cat([tok.encode(x[:, :, j : j + 1]) for j in range(x.shape[2])], 1)[0])
+        cases.append(encode_frames(tok, np.stack([video[0], video[1], *moved])))
     return cases
 
 
