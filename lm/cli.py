@@ -13,6 +13,7 @@ EPILOG = """examples:
       --deepspeed recipes/deepspeed/zero3.json --data tokens/shapes --run runs/lm-2rank
   recipes/launch/8gpu.sh "vidlm.lm.cli train" recipes/lm/M.yaml --deepspeed recipes/deepspeed/zero2.json
   vidlm lm export --run runs/lm-demo --out models/lm        (safetensors + config.json + vocab.json)
+  vidlm lm prior --data tokens/shapes --out models/lm       (the frame prior beside the LM: prior.safetensors)
 
 A run resumes from RUN/latest when started again with the same --run (exactly: same losses).
 """
@@ -31,6 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--run", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--step", type=int, help="export this earlier checkpoint of the run (default: latest)")
+    r = sub.add_parser("prior", help="train the frame prior (vidlm.lm.prior) into an LM folder", epilog=EPILOG,
+                       formatter_class=fmt)
+    r.add_argument("--data", required=True, help="token folder (the LM's: the same codes)")
+    r.add_argument("--out", required=True, help="the LM folder to write prior.safetensors + prior.json into "
+                   "(checkpoints in OUT/prior-run/; started again, the run resumes there)")
+    r.add_argument("--steps", type=int, default=3000)
+    r.add_argument("--batch", type=int, default=64, help="windows of three frames per step")
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--width", type=int, default=128)
+    r.add_argument("--layers", type=int, default=6)
+    r.add_argument("--weight", type=float, default=2.0, help="the prior's default weight in sampling")
+    r.add_argument("--val-clips", type=int, default=64, help="the token folder's last clips, held out")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--threads", type=int, default=None)
     return p
 
 
@@ -40,6 +55,16 @@ def main(argv=None) -> int:
         from vidlm.lm.train import export
 
         print(f"exported {export(args.run, args.out, step=args.step)}")
+        return 0
+    if args.cmd == "prior":
+        import torch
+        from vidlm.lm.prior import train_prior
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        last = train_prior(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
+                           layers=args.layers, weight=args.weight, val_clips=args.val_clips, seed=args.seed)
+        print(f"frame prior -> {args.out} ({last})")
         return 0
     from vidlm.lm.config import TrainConfig
     from vidlm.lm.train import main as train

@@ -297,6 +297,8 @@ def stream(
     draft: int = 0,
     jacobi: str = "first",
     stats: dict | None = None,
+    prior=None,
+    prior_weight: float | None = None,
 ) -> Iterator[Tensor]:
     """Yield the new ids (B,) one position at a time, as they are sampled.
 
@@ -327,6 +329,11 @@ def stream(
       draft, "off" never. "first" is the faster order at temperature 0 and 1 alike in `vidlm
       bench lm --model shapes-demo` (its draft_order; see the README's results).
     stats: a dict to count into: forwards, and per draft kind proposed / accepted.
+    prior / prior_weight: a frame prior (`vidlm.lm.prior.FramePrior`) whose log-probs, times
+      prior_weight (default: the prior's own `weight`; 0 turns it off), are added to the guided
+      logits of every code it predicts (a product of experts), before temperature and filtering:
+      the distribution sampled is the product's, on every path (speculative drafts included).
+      It needs prompts that say their frames (`Prompt.frames`) and `legal` = the code range.
     Prompts with a `place` hook (codes placed by earlier ones, vidlm.lm.tasks) get their true
     coordinates as they are sampled; their draft blocks stop at the positions after which the
     hook may move coordinates (`Prompt.place_every`), so every pass has the ones it needs.
@@ -348,7 +355,8 @@ def stream(
         raise ValueError(f"max_new_tokens={n} but the prompt has only {len(gen_coords[0])} gen_coords")
     gen = torch.stack(gen_coords).to(device).repeat(len(groups), 1, 1)  # (R,N,3)
     hooks = [getattr(p, "place", None) for p in prompts]
-    sampled = torch.zeros(batch, n, dtype=torch.long) if any(hooks) else None  # what the hooks read
+    priors = prior_hooks(prior, prior_weight, prompts, legal)
+    sampled = torch.zeros(batch, n, dtype=torch.long) if any(hooks) or priors else None  # what the hooks read
 
     def placed(i: int, token: Tensor) -> None:  # after position i: the coordinates it decides
         if sampled is None:
@@ -379,6 +387,10 @@ def stream(
     def pick(logits: Tensor, i: int) -> Tensor:  # (R,V) -> (B,) ids at generated position i
         nonlocal noise
         guided = _combine(_restrict(logits, legal), weights, batch)
+        for b, hook in enumerate(priors):
+            bias = hook(i, sampled[b])
+            if bias is not None:
+                guided[b] += bias.to(guided.device)
         if noise is None and temperature > 0:
             noise = Noise(generator, tuple(guided.shape), device)
         token = sample_logits(guided, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -406,7 +418,7 @@ def stream(
         options = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         yield from _speculate(model, prompts[0], token, gen, cache, n, draft=draft, legal=legal, weights=weights,
                               options=options, noise=noise, window=window, keep=keep, period=period,
-                              sink=sink, stats=stats, jacobi=jacobi, placed=placed)
+                              sink=sink, stats=stats, jacobi=jacobi, placed=placed, prior=priors[0] if priors else None)
         return
     pos = torch.full((1,), cache.length, dtype=torch.long, device=device)  # advanced on the device
     for i in range(1, n):
@@ -422,7 +434,7 @@ def stream(
 
 
 def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, options, noise, window, keep,
-               period, sink, stats, jacobi, placed) -> Iterator[Tensor]:
+               period, sink, stats, jacobi, placed, prior) -> Iterator[Tensor]:
     """stream's decode loop with drafts (one prompt; its CFG variants are the cache's rows):
     each forward pass appends the last sampled token and up to `draft` drafts, keeps the
     longest accepted run plus one token sampled at the first rejection (or after the run)."""
@@ -485,6 +497,11 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         logits = decode(model, ids.repeat(rows, 1), gen[:, i - 1 : i - 1 + width], cache, pos,
                         _after(gen, i - 1, i - 1 + width))[:, : len(block)]
         guided = _combine(_restrict(logits, legal), weights, 1)[0]  # (len(drafts)+1, V)
+        seen = timeline[base:] if prior is not None else None  # sampled, then this pass's drafts
+        for j in range(len(block) if prior is not None else 0):  # the prior given the drafts before j
+            bias = prior(i + j, seen)
+            if bias is not None:
+                guided[j] += bias.to(guided.device)
         counts["forwards"] += 1
         # Each row's token as plain decoding would sample it there (same noise), given the drafts
         # before it: a draft is kept if it is that token, so the tokens are plain decoding's.
@@ -524,6 +541,21 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
         token = torch.tensor([out[-1]], device=gen.device)
         for value in out:
             yield torch.tensor([value], device=gen.device)
+
+
+def prior_hooks(prior, weight: float | None, prompts: list, legal: tuple[int, int] | None) -> list:
+    """One `vidlm.lm.prior.PriorHook` per prompt, or [] where there is no prior (or weight 0)."""
+    weight = prior.cfg.weight if prior is not None and weight is None else weight
+    if prior is None or not weight:
+        return []
+    if legal is None or legal[1] - legal[0] != prior.cfg.n_codes:
+        raise ValueError(f"the frame prior predicts {prior.cfg.n_codes} codes: pass legal = the vocab's code range "
+                         f"of as many ids, got {legal}")
+    if any(getattr(p, "frames", None) is None for p in prompts):
+        raise ValueError("the frame prior needs prompts that say their frames (`render_prompt` makes them)")
+    from vidlm.lm.prior import PriorHook
+
+    return [PriorHook(prior, weight, p.frames, legal[0]) for p in prompts]
 
 
 def generate(model, prompt, **options) -> Tensor:

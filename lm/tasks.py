@@ -103,6 +103,10 @@ class Prompt:  # not a tuple: the sampler tells one prompt from a list of prompt
     place_every: int = 1
     """`place` changes coordinates only after positions i with (i + 1) % place_every == 0 (the
     ends of grid rows): a speculative block that stops there has all its coordinates."""
+    frames: tuple | None = None
+    """(order, h, w, known): the latent frame each block of h*w generated positions fills (in
+    generation order), and the known frames' codes {t: (h,w)} (not edit's start-less signal):
+    what the frame prior (vidlm.lm.prior) reads."""
 
 
 def structure_view(video: Tensor, factor: int = 2) -> Tensor:
@@ -234,7 +238,10 @@ def render_prompt(task: str, vocab: Vocab, *, grid, text=None, known=(), drop_te
     (given `places`, with the `place` hook that makes them true as the codes come)."""
     ids, coords, gen, gen_t = _layout(task, vocab, grid, text, known, drop_text, drop_known, places)
     _, h, w = (int(v) for v in grid)
-    return Prompt(ids, coords, gen, None if places is None else _placer(vocab, gen_t, h, w, places), w)
+    frames = {s + i: c[i] for s, c in ([] if drop_known else _known(task, grid, known)) if s is not None
+              for i in range(c.shape[0])}
+    return Prompt(ids, coords, gen, None if places is None else _placer(vocab, gen_t, h, w, places), w,
+                  (gen_t, h, w, frames))
 
 
 def render_train(task: str, vocab: Vocab, *, codes: Tensor, text=None, known=(), drop_text: bool = False,

@@ -46,7 +46,7 @@ def test_a_rerun_skips_finished_stages(tmp_path, fake_stages, capsys):
 
     fake_stages.clear()
     assert demo.main(["--recipe", "debug", "--out", str(out), "--redo", "tokens"]) == 0
-    assert fake_stages == ["tokens", "lm", "gallery"]
+    assert fake_stages == ["tokens", "lm", "prior", "gallery"]
 
     # a redone trained stage starts from nothing: a kept run folder would resume its finished
     # `latest` and a kept fitted config its old schedule; the stages before it keep theirs
@@ -57,7 +57,7 @@ def test_a_rerun_skips_finished_stages(tmp_path, fake_stages, capsys):
         (out / "configs" / f"{name}.yaml").write_text("# fitted to 1 minutes\nsteps: 10\n")
     fake_stages.clear()
     assert demo.main(["--recipe", "debug", "--out", str(out), "--redo", "lm"]) == 0
-    assert fake_stages == ["lm", "gallery"]
+    assert fake_stages == ["lm", "prior", "gallery"]
     assert not (out / "runs" / "lm").exists() and not (out / "configs" / "lm.yaml").exists()
     assert (out / "runs" / "tokenizer" / "latest").is_file() and (out / "configs" / "tokenizer.yaml").is_file()
 
@@ -248,12 +248,13 @@ def test_the_debug_demo_runs_end_to_end_and_a_rerun_skips_it(tmp_path, capsys):
     # shipped weights: the LM stored as float16, loading gives the float32 model back
     from safetensors.torch import load_file
 
-    assert {v.dtype for v in load_file(str(shipped / "lm" / "model.safetensors")).values()} == {torch.float16}
+    for f in ("model", "prior"):  # the recipe trains a frame prior too (prior_steps)
+        assert {v.dtype for v in load_file(str(shipped / "lm" / f"{f}.safetensors")).values()} == {torch.float16}
     info = json.loads((shipped / "info.json").read_text())
     assert "--recipe recipes/demo/debug.yaml" in info["made_by"] and set(info["stage_seconds"]) == set(stages)
     assert str(tmp_path) not in json.dumps(info)  # no path of the machine that made them
     small = VideoGenerator.from_pretrained(shipped)
-    assert all(p.dtype == torch.float32 for p in small.lm.parameters())
+    assert all(p.dtype == torch.float32 for p in [*small.lm.parameters(), *small.prior.parameters()])
     for a, b in zip(gen.lm.parameters(), small.lm.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
@@ -336,6 +337,7 @@ def test_shipped_weights_load_by_name_and_run_every_task():
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 25 * 2**20
     gen = VideoGenerator.from_pretrained("shapes-demo")
+    assert gen.prior is not None and gen.prior.cfg.n_codes == gen.vocab.code_size  # lm/prior.safetensors
     cfg = dataclasses.replace(demo.load_config(demo.RECIPES / "demo" / "shapes.yaml"), frames=9,
                               known_frames=1, long_seconds=2.0)
     from vidlm.evaluate import heldout_clips

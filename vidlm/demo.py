@@ -7,6 +7,7 @@
     images     (recipes with `images`) synthesize one-frame shapes-world images, tokenize them
     image_lm   (recipes with `images`) train an LM on t2i alone, the video LM's initialisation
     lm         train the video LM, export it
+    prior      (recipes with `prior_steps`) train the frame prior beside it (vidlm.lm.prior)
     gallery    generate every task and write OUT/index.html, OUT/contact_sheet.png, OUT/gallery/
 
 Each stage calls the stage's own CLI `main(argv)` in this process (no launcher) with a config
@@ -44,7 +45,7 @@ def recipe_file(name: str) -> Path:
     return path
 
 
-STAGES = ("data", "text", "tokenizer", "tokens", "images", "image_lm", "lm", "gallery")
+STAGES = ("data", "text", "tokenizer", "tokens", "images", "image_lm", "lm", "prior", "gallery")
 IMAGE_STAGES = ("images", "image_lm")  # run only where the recipe asks for `images`
 FITTED = ("tokenizer", "image_lm", "lm")  # the stages whose steps `fit_minutes` may fit to the machine
 
@@ -101,6 +102,15 @@ class DemoConfig:
     the stage first times a few steps of its config, then trains for the `steps` that fit
     (`fit_steps`), so the demo keeps its time on a slow CPU and trains longer on a fast one. A
     stage not named trains its recipe's `steps`."""
+    prior_steps: int = 0
+    """Steps of the frame prior (`vidlm lm prior`: a conv net that predicts each frame's codes from
+    its two neighbours, added to the LM's in sampling; vidlm.lm.prior), trained after the LM on the
+    same tokens into OUT/model/lm. 0: no prior stage, the LM samples alone."""
+    prior_width: int = 128
+    """Channels of the frame prior's conv blocks."""
+    prior_weight: float = 2.0
+    """The weight of the frame prior's log-probs in sampling (stored with it; `--prior-weight`
+    overrides it per call)."""
     known_frames: int = 5
     """Frames given to extend / connect (1 + time_factor*k)."""
     long_seconds: float = 4.0
@@ -124,13 +134,15 @@ class DemoConfig:
         if self.images and "init_from" in self.lm_overrides:
             raise ValueError("lm_overrides.init_from: with `images` the video LM starts from the image LM; "
                              "give one or the other")
+        if self.prior_steps < 0:
+            raise ValueError(f"prior_steps must be >= 0 (0: no frame prior), got {self.prior_steps}")
         if not 1 <= self.known_frames < self.frames:
             raise ValueError(f"known_frames must be in [1, frames), got {self.known_frames} of {self.frames}")
 
 
 def run_stages(cfg: DemoConfig) -> list[str]:
     """The stages a recipe trains with, in order (the image stages only where it asks for images)."""
-    return [s for s in STAGES if cfg.images or s not in IMAGE_STAGES]
+    return [s for s in STAGES if (cfg.images or s not in IMAGE_STAGES) and (cfg.prior_steps or s != "prior")]
 
 
 def load_config(path: Path) -> DemoConfig:
@@ -179,6 +191,7 @@ class Run:
         fitted one is timed again)."""
         self.marker(name).unlink(missing_ok=True)
         shutil.rmtree(self.trainer_run(name), ignore_errors=True)
+        shutil.rmtree(self.model / "lm" / "prior-run", ignore_errors=True)  # the prior trains in place
         self.config(name).unlink(missing_ok=True)
 
 
@@ -415,6 +428,14 @@ def stage_lm(run: Run) -> dict:
     return {}
 
 
+def stage_prior(run: Run) -> dict:
+    c = run.cfg
+    call("vidlm.lm.cli", ["prior", "--data", str(run.out / "data" / "tokens"), "--out", str(run.model / "lm"),
+                          "--steps", str(c.prior_steps), "--width", str(c.prior_width), "--weight", str(c.prior_weight),
+                          "--val-clips", str(max(1, min(64, c.clips // 10)))])
+    return {}
+
+
 def stage_gallery(run: Run) -> dict:
     from vidlm.pipeline import VideoGenerator
 
@@ -429,7 +450,8 @@ def stage_gallery(run: Run) -> dict:
 
 
 STAGE_FNS = {"data": stage_data, "text": stage_text, "tokenizer": stage_tokenizer, "tokens": stage_tokens,
-             "images": stage_images, "image_lm": stage_image_lm, "lm": stage_lm, "gallery": stage_gallery}
+             "images": stage_images, "image_lm": stage_image_lm, "lm": stage_lm, "prior": stage_prior,
+             "gallery": stage_gallery}
 
 
 # ----------------------------------------------------------------------------- gallery sources
@@ -470,9 +492,9 @@ def shown(path: Path) -> str:
 
 
 def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
-    """Copy OUT/model to `dest` as shipped weights: the LM's weights stored as float16 (loading
-    casts them back to the model's float32; this halves the download), everything else as is,
-    plus dest/info.json saying how they were made."""
+    """Copy OUT/model to `dest` as shipped weights: the LM's weights (and its frame prior's) stored
+    as float16 (loading casts them back to float32; this halves the download), everything else
+    as is, plus dest/info.json saying how they were made."""
     from safetensors.torch import load_file, save_file
 
     for part in ("tokenizer", "text", "lm"):
@@ -481,9 +503,10 @@ def ship(run: Run, dest: Path, *, recipe: Path) -> Path:
     tmp = Path(str(dest) + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run.model, tmp)
-    weights = tmp / "lm" / "model.safetensors"
-    state = load_file(str(weights))
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(weights))
+    for weights in (tmp / "lm" / "model.safetensors", tmp / "lm" / "prior.safetensors"):  # the LM, its frame prior
+        if weights.is_file():
+            state = load_file(str(weights))
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(weights))
     stages = {n: run.seconds(n) for n in STAGES if run.done(n)}
     home = RECIPES.resolve().parent
     rel = recipe.resolve().relative_to(home) if recipe.resolve().is_relative_to(home) else Path(shown(recipe))

@@ -281,11 +281,19 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
                         "refined_color_accuracy": mean("refined_colour_ok"),
                         "refined_shape_accuracy": mean("refined_shape_ok")},
         "settings": {"num": num, "seed": seed, "frames": frames, "known_frames": known,
-                     "size": list(size), "sampling": sampling, "seconds": round(time.time() - started, 1)},
+                     "size": list(size), "sampling": sampling, "seconds": round(time.time() - started, 1),
+                     "prior_weight": prior_weight(gen, sampling)},
     }
     report["targets"] = {k: {"target": f"{op} {v}", "pass": bool(report[k] >= v if op == ">=" else report[k] <= v)}
                          for k, (op, v) in TARGETS.items()}
     return report
+
+
+def prior_weight(gen, sampling: dict) -> float:
+    """The weight of the generator's frame prior in `sampling` (0: none, or turned off)."""
+    prior = getattr(gen, "prior", None)
+    given = sampling.get("prior_weight")
+    return 0.0 if prior is None else float(prior.cfg.weight if given is None else given)
 
 
 def format_table(report: dict) -> str:
@@ -339,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--top-k", type=int, default=None)
     w.add_argument("--cfg-text", type=float, default=1.0)
     w.add_argument("--cfg-visual", type=float, default=1.0)
+    w.add_argument("--prior-weight", type=float, default=None,
+                   help="weight of the model's frame prior (default its own; 0 = the LM alone)")
     w.add_argument("--device", default="cpu")
     return p
 
@@ -351,7 +361,7 @@ def main(argv=None) -> int:
 
     gen = VideoGenerator.from_pretrained(args.model, device=args.device)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "cfg_text": args.cfg_text,
-                "cfg_visual": args.cfg_visual}
+                "cfg_visual": args.cfg_visual, "prior_weight": args.prior_weight}
     f = gen.time_factor
     if (args.frames - 1) % f or (args.known - 1) % f or 1 + 2 * ((args.known - 1) // f + 1) > 1 + (args.frames - 1) // f:
         raise SystemExit(f"vidlm eval world: --frames and --known must be 1+{f}k, with room for a generated "

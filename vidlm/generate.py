@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speculative", action="store_true",
                    help="plain decoding, one forward pass per code (the default drafts codes from the previous "
                         "latent frame and verifies them in one pass: the same distribution, fewer passes)")
+    p.add_argument("--prior-weight", type=float, default=None,
+                   help="weight of the LM folder's frame prior (a conv net that knows each frame's step from its two "
+                        "neighbours) added to the LM's log-probs; default its own (2), 0 = the LM alone")
     p.add_argument("--verbose", action="store_true", help="print forward passes and the drafts' acceptance")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the LM's decode step (GPU; the first request pays the compile; on "
@@ -104,7 +107,8 @@ def run_task(gen, args, inputs):
     opts = {"seed": args.seed, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
             "cfg_text": args.cfg_text, "cfg_visual": args.cfg_visual,
             "progress": getattr(args, "progress", True),
-            "speculative": 0 if getattr(args, "no_speculative", False) else SPECULATIVE}
+            "speculative": 0 if getattr(args, "no_speculative", False) else SPECULATIVE,
+            "prior_weight": getattr(args, "prior_weight", None)}
     size = args.size or (tuple(inputs[0].shape[-1:-3:-1]) if inputs else (64, 64))
     if args.task in ("t2v", "t2i", "long", "loop", "edit") and not (args.prompt or "").strip() and not (
             inputs and args.task != "edit"):

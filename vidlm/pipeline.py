@@ -64,17 +64,19 @@ class VideoGenerator:
     Every method takes `seed`, sampling options (`temperature`, `top_k`, `top_p`), guidance
     scales (`cfg_text`, `cfg_visual`; 1 = plain conditional sampling, see `vidlm.lm.sample.CFG`),
     `speculative` (drafts per forward pass, default SPECULATIVE; 0 = plain decoding; `jacobi`
-    says where the model's own guesses serve as drafts, see `stream`)
+    says where the model's own guesses serve as drafts, see `stream`), `prior_weight` (the weight
+    of the frame prior, `vidlm.lm.prior`, where the LM folder has one: default its own, 0 = off)
     and `progress` (True: a tqdm bar with tokens/s; or a function (done, total) called after
     every sampled code, which may raise to stop sampling), and returns `Generated(video, codes)`.
     """
 
     def __init__(self, tokenizer, text_tokenizer, lm, vocab, *, device: str | torch.device | None = None,
-                 refine=None, compile: bool = False):
+                 refine=None, compile: bool = False, prior=None):
         """`refine`: None (prompts as given), True (`vidlm.data.refine.refine_shapes`: free prompts
         into the shapes world's caption grammar) or any function (prompt, seed) -> Refined.
         `self.refined` is the last refinement made (the caption a task actually used).
-        `compile`: torch.compile the LM's decode step (`VideoLM.compile_step`; for GPUs)."""
+        `compile`: torch.compile the LM's decode step (`VideoLM.compile_step`; for GPUs).
+        `prior`: a `vidlm.lm.prior.FramePrior` for the LM's codes (None: the LM alone)."""
         self.refine = refine_shapes if refine is True else (refine or None)
         self.refined = None
         self.stats: dict = {}
@@ -82,6 +84,9 @@ class VideoGenerator:
         self.tokenizer = tokenizer.to(self.device).eval()
         self.text_tokenizer = text_tokenizer
         self.lm = lm.to(self.device).eval()
+        if prior is not None and prior.cfg.n_codes != vocab.code_size:
+            raise ValueError(f"the frame prior predicts {prior.cfg.n_codes} codes, the LM's vocab has {vocab.code_size}")
+        self.prior = prior.to(self.device).eval() if prior is not None else None
         if compile:
             self.lm.compile_step()
         self.vocab = vocab
@@ -101,6 +106,7 @@ class VideoGenerator:
         one part with another folder. `path` may be a shipped name such as "shapes-demo"."""
         from vidlm.data.text import TextTokenizer
         from vidlm.lm.model import VideoLM
+        from vidlm.lm.prior import FramePrior
         from vidlm.lm.vocab import Vocab
         from vidlm.tokenizer.model import VideoTokenizer
 
@@ -115,7 +121,8 @@ class VideoGenerator:
         text_tok = TextTokenizer.from_dir(dirs["text"])
         model = VideoLM.from_pretrained(dirs["lm"])
         vocab = Vocab.from_pretrained(dirs["lm"])
-        return cls(video_tok, text_tok, model, vocab, device=device, refine=refine, compile=compile)
+        return cls(video_tok, text_tok, model, vocab, device=device, refine=refine, compile=compile,
+                   prior=FramePrior.from_pretrained(dirs["lm"]))
 
     @classmethod
     def random(cls, lm: str = "debug", *, tokenizer: str | TokenizerConfig = "debug", captions=None, seed: int = 0,
@@ -147,6 +154,8 @@ class VideoGenerator:
         self.text_tokenizer.save(out / "text")
         self.lm.save_pretrained(out / "lm")
         self.vocab.save(out / "lm")
+        if self.prior is not None:
+            self.prior.save_pretrained(out / "lm")
         return out
 
     # ------------------------------------------------------------------------------ shapes
@@ -222,7 +231,7 @@ class VideoGenerator:
 
     def _sample(self, task: str, grid, text, known, *, seed=0, temperature=1.0, top_k=None,
                 top_p=None, cfg_text=1.0, cfg_visual=1.0, progress=False, window=None, keep=None,
-                period=1, prompt=None, speculative=SPECULATIVE, jacobi="first") -> Tensor:
+                period=1, prompt=None, speculative=SPECULATIVE, jacobi="first", prior_weight=None) -> Tensor:
         """Sample the codes a task leaves open: codes (N,), frame by frame in the order the task
         generates them (`open_frames`), each in raster order. The sampling statistics (forward
         passes, drafts proposed / accepted per kind) go to `self.stats`."""
@@ -234,7 +243,8 @@ class VideoGenerator:
         self.stats = {"tokens": len(cond.gen_coords)}
         tokens = stream(self.lm, cond, cfg=cfg, generator=generator, temperature=temperature,
                         top_k=top_k, top_p=top_p, legal=self.vocab.code_range, window=window, keep=keep,
-                        period=period, draft=speculative, jacobi=jacobi, stats=self.stats)
+                        period=period, draft=speculative, jacobi=jacobi, stats=self.stats,
+                        prior=self.prior, prior_weight=prior_weight)
         out, total = [], len(cond.gen_coords)
         report = progress if callable(progress) else None
         with progress_bar(total=total, unit="tok", desc=task, disable=progress is not True) as bar:

@@ -12,12 +12,14 @@ back in time too.
     python docs/experiments/conv_prior.py ... --net-back back.pt --betas 0 2 --eval 16
 """
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 from conv_step import ConvStep
 from motion_probe import encode_frames, load, motion_clips
 from torch import nn
+from vidlm.lm.prior import FramePrior
 from vidlm.lm.sample import generate
 from vidlm.lm.tasks import render_prompt
 
@@ -26,7 +28,7 @@ from vidlm.evaluate import observe
 p = argparse.ArgumentParser()
 p.add_argument("--lm", required=True)
 p.add_argument("--tokens", required=True)
-p.add_argument("--net", required=True, help="conv_step.py --save")
+p.add_argument("--net", required=True, help="conv_step.py --save, or an LM folder with a frame prior")
 p.add_argument("--net-back", help="conv_step.py --reverse --save: the prior of frames generated back in time")
 p.add_argument("--betas", type=float, nargs="+", default=[0, 0.5, 1, 2])
 p.add_argument("--temperatures", type=float, nargs="+", default=[0, 1])
@@ -42,6 +44,8 @@ lm, vocab, _, places, tok = load(a.lm, a.tokens)
 
 
 def load_net(path: str) -> ConvStep:
+    if Path(path).is_dir():  # an LM folder with its frame prior (`vidlm lm prior`)
+        return FramePrior.from_pretrained(path)
     saved = torch.load(path)
     net = ConvStep(saved["n_codes"], int(saved["args"]["width"]), int(saved["args"]["layers"])).eval()
     net.load_state_dict(saved["state"])

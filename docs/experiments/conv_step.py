@@ -10,6 +10,7 @@ validation windows from those 64); every `--every` steps, the validation loss a 
 the sharpness probe's NLL of frame 2's coarse codes with the object moved d pixels.
 
     python docs/experiments/conv_step.py --tokens RUN/data/tokens --out conv.jsonl
+    python docs/experiments/conv_step.py ... --width 128 --both    # one net for both directions (31st round)
 """
 import argparse
 import json
@@ -19,30 +20,15 @@ import time
 import torch
 import torch.nn.functional as F
 from motion_probe import SHIFTS, sharpness_cases
-from torch import nn
+from vidlm.lm.prior import FramePrior, PriorConfig
 from vidlm.lm.tokendata import TokenStore
 from vidlm.tokenizer.model import VideoTokenizer
 
 
-class Block(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.norm, self.conv1, self.conv2 = nn.GroupNorm(8, d), nn.Conv2d(d, d, 3, padding=1), nn.Conv2d(d, d, 3, padding=1)
-
-    def forward(self, x):
-        return x + self.conv2(F.silu(self.conv1(F.silu(self.norm(x)))))
-
-
-class ConvStep(nn.Module):
-    def __init__(self, n_codes: int, width: int, layers: int):
-        super().__init__()
-        self.emb = nn.Embedding(n_codes, width // 2)
-        self.blocks = nn.Sequential(*(Block(width) for _ in range(layers)))
-        self.out = nn.Sequential(nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, n_codes, 1))
-
-    def forward(self, f0, f1):  # (B,h,w) ids each -> logits (B,V,h,w)
-        x = torch.cat([self.emb(f0), self.emb(f1)], -1).permute(0, 3, 1, 2)
-        return self.out(self.blocks(x))
+def ConvStep(n_codes: int, width: int, layers: int) -> FramePrior:
+    """The net, since the thirty-first round `vidlm.lm.prior.FramePrior` (the same layers and names:
+    nets saved before load into it)."""
+    return FramePrior(PriorConfig(n_codes=n_codes, width=width, layers=layers))
 
 
 if __name__ == "__main__":
@@ -60,6 +46,8 @@ if __name__ == "__main__":
     p.add_argument("--save", help="write the net's weights here at the end")
     p.add_argument("--reverse", action="store_true", help="the step back in time: frames t+2, t+1 -> t "
                    "(no sharpness probe: its clips are forward)")
+    p.add_argument("--both", action="store_true", help="train on both steps, forward and back in time, "
+                   "half the windows each (the validation loss is the forward step's, then val/back the other's)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
@@ -73,16 +61,22 @@ if __name__ == "__main__":
     cases = [c[:, :rows] for c in sharpness_cases(tok, a.clips)]
 
 
-    def windows(ws):
+    def windows(ws, back=None):
         w = torch.stack([codes[i, t : t + 3] for i, t in ws])
-        return (w[:, 2], w[:, 1], w[:, 0]) if a.reverse else (w[:, 0], w[:, 1], w[:, 2])
+        if back is None:  # the step of --reverse, or each window's own direction (--both: at random)
+            back = torch.full((len(ws),), a.reverse) if not a.both else torch.rand(len(ws), generator=g) < 0.5
+        back = back[:, None, None, None]
+        w = torch.where(back, w.flip(1), w)
+        return w[:, 0], w[:, 1], w[:, 2]
 
 
     @torch.no_grad()
     def evaluate(step, seconds):
         net.eval()
-        f0, f1, f2 = windows(val)
+        f0, f1, f2 = windows(val, torch.full((len(val),), a.reverse))
         val_loss = float(F.cross_entropy(net(f0, f1), f2))
+        f0, f1, f2 = windows(val, torch.full((len(val),), not a.reverse))
+        val_back = float(F.cross_entropy(net(f0, f1), f2))
         nll, best = {d: [] for d in SHIFTS}, 0
         for c in [] if a.reverse else cases:
             lp = -F.cross_entropy(net(c[:1].expand(len(SHIFTS), -1, -1), c[1:2].expand(len(SHIFTS), -1, -1)), c[2:],
@@ -90,7 +84,7 @@ if __name__ == "__main__":
             for d, v in zip(SHIFTS, lp):
                 nll[d].append(-float(v))
             best += int(lp.argmax()) == SHIFTS.index(0)
-        row = {"step": step, "minutes": round(seconds / 60, 1), "val/coarse": val_loss,
+        row = {"step": step, "minutes": round(seconds / 60, 1), "val/coarse": val_loss, "val/back": val_back,
                "nll": [round(sum(v) / len(v), 2) for v in nll.values() if v], "best": best, "args": vars(a)}
         print(json.dumps(row), flush=True)
         with open(a.out, "a") as f:
