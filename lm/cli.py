@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("prior", help="train the frame prior (vidlm.lm.prior) into an LM folder", epilog=EPILOG,
                        formatter_class=fmt)
     r.add_argument("--data", required=True, help="token folder (the LM's: the same codes)")
-    r.add_argument("--out", required=True, help="the LM folder to write prior.safetensors + prior.json into "
-                   "(checkpoints in OUT/prior-run/; started again, the run resumes there)")
+    r.add_argument("--out", required=True, help="the LM folder to write prior.safetensors + prior.json into")
+    r.add_argument("--run", help="run folder of its checkpoints (default OUT/prior-run; started again, the run "
+                   "resumes there; removed when it finishes)")
     r.add_argument("--steps", type=int, default=3000)
     r.add_argument("--batch", type=int, default=64, help="windows of three frames per step")
     r.add_argument("--lr", type=float, default=1e-3)
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         last = train_prior(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
-                           layers=args.layers, weight=args.weight, val_clips=args.val_clips, seed=args.seed)
+                           layers=args.layers, weight=args.weight, val_clips=args.val_clips, seed=args.seed,
+                           run_dir=args.run)
         print(f"frame prior -> {args.out} ({last})")
         return 0
     from vidlm.lm.config import TrainConfig

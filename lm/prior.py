@@ -21,7 +21,8 @@ in generation order.
 
 Files, beside the LM's weights: prior.safetensors and prior.json (PriorConfig and how it was
 trained). `vidlm lm prior --data TOKENS --out MODEL/lm` trains one (minutes on a CPU; it
-resumes from OUT/prior-run/ when interrupted).
+resumes from its run folder, by default OUT/prior-run/, when interrupted, and removes it when
+done).
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ class FramePrior(nn.Module):
 
 
 # ----------------------------------------------------------------------------- sampling
+def effective_weight(prior: FramePrior | None, given: float | None) -> float:
+    """The weight a prior is sampled with: `given`, or the prior's own where None (0: no prior)."""
+    return 0.0 if prior is None else float(prior.cfg.weight if given is None else given)
+
+
 class PriorHook:
     """The prior's bias for one prompt's generated positions: `hook(i, ids)` with ids the codes'
     ids at generated positions (sampled, or drafted by a speculative pass; only those before i
@@ -158,15 +164,17 @@ class PriorHook:
 # ----------------------------------------------------------------------------- training
 def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
                 width: int = 128, layers: int = 6, weight: float = 2.0, val_clips: int = 64, seed: int = 1,
-                every: int = 500, log=print) -> dict:
+                every: int = 500, run_dir: str | None = None, log=print) -> dict:
     """Train a FramePrior on a token folder's clips (windows of three frames, either direction)
-    and write it to `out` (an LM folder). Checkpoints go to out/prior-run/ every `every` steps
-    (written whole, then renamed), and a run started again resumes there exactly. Returns the
-    last validation losses."""
+    and write it to `out` (an LM folder). Checkpoints go to `run_dir` (default out/prior-run/)
+    every `every` steps (written whole, then renamed), and a run started again resumes there
+    exactly. Returns the last validation losses."""
     from vidlm.lm.tokendata import TokenStore
 
     from vidlm.runtime import warmup_cosine
 
+    settings = {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "width": width, "layers": layers,
+                "val_clips": val_clips, "seed": seed}  # what a resumed run must share with the one that saved
     store = TokenStore.open(data)
     if len(store) <= val_clips:
         raise ValueError(f"prior: {data} holds {len(store)} clips; need more than the {val_clips} held out")
@@ -178,7 +186,7 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
     net = FramePrior(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, steps, 0.1))
-    grids = [store[i].codes[:, : net.rows(store[i].codes.shape[1])] for i in range(len(store))]  # (T,rows,w)
+    grids = [c[:, : net.rows(c.shape[1])] for c in (store[i].codes for i in range(len(store)))]  # (T,rows,w)
     train = {}  # (rows, w) -> [(clip, t)]: one grid size per batch
     for c, g in enumerate(grids[:-val_clips]):
         train.setdefault(tuple(g.shape[1:]), []).extend((c, t) for t in range(g.shape[0] - 2))
@@ -206,11 +214,11 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
         net.train()
         return out
 
-    run = Path(out) / RUN_DIR
+    run = Path(run_dir) if run_dir else Path(out) / RUN_DIR
     step, seconds = 0, 0.0
     if (run / "state.pt").is_file():
         state = torch.load(run / "state.pt", weights_only=True)
-        if state["args"] != _args(locals()):
+        if state["args"] != settings:
             raise ValueError(f"prior: {run} holds a run with other settings ({state['args']}); delete it to start over")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
@@ -222,8 +230,8 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
     log(f"prior: {sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters, {n_windows} windows of "
         f"{len(grids) - val_clips} clips, {len(val)} validation windows, {steps} steps of {batch}")
     start, last = time.time() - seconds, {}
+    weights = torch.tensor([len(train[s]) for s in sizes], dtype=torch.float)  # a grid size per step, by windows
     while step < steps:
-        weights = torch.tensor([len(train[s]) for s in sizes], dtype=torch.float)
         size = sizes[int(torch.multinomial(weights, 1, generator=g))]
         ws = [train[size][int(k)] for k in torch.randint(len(train[size]), (batch,), generator=g)]
         far, near, target = windows(ws, torch.rand(batch, generator=g) < 0.5)
@@ -240,7 +248,7 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
             log(f"prior: {json.dumps(last)}")
             run.mkdir(parents=True, exist_ok=True)
             state = {"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                     "generator": g.get_state(), "step": step, "seconds": time.time() - start, "args": _args(locals())}
+                     "generator": g.get_state(), "step": step, "seconds": time.time() - start, "args": settings}
             torch.save(state, run / "state.tmp")
             os.replace(run / "state.tmp", run / "state.pt")
     minutes = round((time.time() - start) / 60, 1)
@@ -248,11 +256,6 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
                                       "seed": seed, "minutes": minutes, **{k: v for k, v in last.items() if k != "step"}})
     shutil.rmtree(run)  # finished: a run started again trains anew
     return last
-
-
-def _args(scope: dict) -> dict:
-    """The settings a resumed prior run must share with the run that saved it."""
-    return {k: scope[k] for k in ("steps", "batch", "lr", "warmup", "width", "layers", "val_clips", "seed")}
 
 
 def _groups(ws: list, grids: list, size: int = 256) -> list[list]:

@@ -545,16 +545,16 @@ def _speculate(model, prompt, token, gen, cache, n, *, draft, legal, weights, op
 
 def prior_hooks(prior, weight: float | None, prompts: list, legal: tuple[int, int] | None) -> list:
     """One `vidlm.lm.prior.PriorHook` per prompt, or [] where there is no prior (or weight 0)."""
-    weight = prior.cfg.weight if prior is not None and weight is None else weight
-    if prior is None or not weight:
+    from vidlm.lm.prior import PriorHook, effective_weight
+
+    weight = effective_weight(prior, weight)
+    if not weight:
         return []
     if legal is None or legal[1] - legal[0] != prior.cfg.n_codes:
         raise ValueError(f"the frame prior predicts {prior.cfg.n_codes} codes: pass legal = the vocab's code range "
                          f"of as many ids, got {legal}")
     if any(getattr(p, "frames", None) is None for p in prompts):
         raise ValueError("the frame prior needs prompts that say their frames (`render_prompt` makes them)")
-    from vidlm.lm.prior import PriorHook
-
     return [PriorHook(prior, weight, p.frames, legal[0]) for p in prompts]
 
 

@@ -191,7 +191,6 @@ class Run:
         fitted one is timed again)."""
         self.marker(name).unlink(missing_ok=True)
         shutil.rmtree(self.trainer_run(name), ignore_errors=True)
-        shutil.rmtree(self.model / "lm" / "prior-run", ignore_errors=True)  # the prior trains in place
         self.config(name).unlink(missing_ok=True)
 
 
@@ -432,7 +431,7 @@ def stage_prior(run: Run) -> dict:
     c = run.cfg
     call("vidlm.lm.cli", ["prior", "--data", str(run.out / "data" / "tokens"), "--out", str(run.model / "lm"),
                           "--steps", str(c.prior_steps), "--width", str(c.prior_width), "--weight", str(c.prior_weight),
-                          "--val-clips", str(max(1, min(64, c.clips // 10)))])
+                          "--val-clips", str(max(1, min(64, c.clips // 10))), "--run", str(run.trainer_run("prior"))])
     return {}
 
 

@@ -237,6 +237,7 @@ def clip_metrics(gen, video, caption: str, world: dict, *, known: int, frames: i
 def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int = 17,
              size: tuple[int, int] = (64, 64), sampling: dict | None = None, progress: bool = True) -> dict:
     """Every metric of the module doc on `num` held-out clips, for a `VideoGenerator`."""
+    from vidlm.lm.prior import effective_weight
     from vidlm.logging import progress_bar
 
     sampling = dict(sampling or {})
@@ -282,18 +283,11 @@ def evaluate(gen, *, num: int = 16, seed: int = 0, known: int = 5, frames: int =
                         "refined_shape_accuracy": mean("refined_shape_ok")},
         "settings": {"num": num, "seed": seed, "frames": frames, "known_frames": known,
                      "size": list(size), "sampling": sampling, "seconds": round(time.time() - started, 1),
-                     "prior_weight": prior_weight(gen, sampling)},
+                     "prior_weight": effective_weight(getattr(gen, "prior", None), sampling.get("prior_weight"))},
     }
     report["targets"] = {k: {"target": f"{op} {v}", "pass": bool(report[k] >= v if op == ">=" else report[k] <= v)}
                          for k, (op, v) in TARGETS.items()}
     return report
-
-
-def prior_weight(gen, sampling: dict) -> float:
-    """The weight of the generator's frame prior in `sampling` (0: none, or turned off)."""
-    prior = getattr(gen, "prior", None)
-    given = sampling.get("prior_weight")
-    return 0.0 if prior is None else float(prior.cfg.weight if given is None else given)
 
 
 def format_table(report: dict) -> str:
