@@ -20,6 +20,8 @@ A run resumes from RUN/latest when started again with the same --run (exactly: s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vidlm.lm.prior import CONTEXT, MIN_CONTEXT
+
     from vidlm.runtime import add_train_parser
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -39,10 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", help="run folder of its checkpoints (default OUT/prior-run; started again, the run "
                    "resumes there; removed when it finishes)")
     r.add_argument("--steps", type=int, default=3000)
-    r.add_argument("--batch", type=int, default=64, help="windows of three frames per step")
+    r.add_argument("--batch", type=int, default=64, help="windows of context + 1 frames per step")
     r.add_argument("--lr", type=float, default=1e-3)
-    r.add_argument("--width", type=int, default=128)
+    r.add_argument("--width", type=int, default=128, help="channels (a multiple of 16 and of --context)")
     r.add_argument("--layers", type=int, default=6)
+    r.add_argument("--context", type=int, default=CONTEXT, help="frames the net reads before the one it predicts")
+    r.add_argument("--min-context", type=int, default=MIN_CONTEXT, help="the fewest whole frames it predicts from (the "
+                   "farther ones read as blank: the first generated frames of t2v, i2v and loops get a prior too)")
     r.add_argument("--weight", type=float, default=2.0, help="the prior's default weight in sampling")
     r.add_argument("--val-clips", type=int, default=64, help="the token folder's last clips, held out")
     r.add_argument("--seed", type=int, default=1)
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         last = train_prior(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, width=args.width,
-                           layers=args.layers, weight=args.weight, val_clips=args.val_clips, seed=args.seed,
+                           layers=args.layers, weight=args.weight, context=args.context,
+                           min_context=args.min_context, val_clips=args.val_clips, seed=args.seed,
                            run_dir=args.run)
         print(f"frame prior -> {args.out} ({last})")
         return 0

@@ -1,4 +1,4 @@
-"""The frame prior: a small conv net over code grids that predicts a frame from its two neighbours.
+"""The frame prior: a small conv net over code grids that predicts a frame from the frames before it.
 
     prior = FramePrior.from_pretrained("MODEL/lm")          # None where the LM folder has none
     logits = prior(far, near)                               # codes (B,h,w) of frames t-2, t-1 -> (B,n_codes,h,w)
@@ -6,12 +6,16 @@
 
 Why (docs/experiments.md, thirtieth round): the LM lowers its loss with compute but never learns
 how far the object moves in one frame; it finds the frame 2 px short likelier than the truth. A
-conv net reading the two previous frames' codes learns that step sharply: the same local rule at
+conv net reading the previous frames' codes learns that step sharply: the same local rule at
 every cell, the neighbourhood in reach, every cell predicted at once. Sampling multiplies the two
 (a product of experts): each code of frame t gets `weight` x the net's log-probs added to the
-LM's logits, where frames t-1 and t-2 (or t+1 and t+2, for frames generated back in time) are
-whole. The world's motion reverses in time (constant speeds, elastic bounces), so one net serves
-both directions: it trains on windows of either direction, half each.
+LM's logits, from the `context` frames before it (after it, for frames generated back in time).
+The world's motion reverses in time (constant speeds, elastic bounces), so one net serves both
+directions: it trains on windows of either direction, half each. Where a prompt has fewer whole
+frames next to t (t2v's, i2v's and a loop's first generated frames), a net with `min_context`
+below `context` reads the missing farther ones as blank (docs/experiments.md, thirty-second
+round: three frames down to one sharpen the first step but win no metric on two sets of clips;
+two frames down to one lose objects; the default stays two frames).
 
 What it reads: the codes of a frame's first rows (two-level codes' coarse rows; the last
 `refine_rows` rows, the fine codes, get no prior). The grid's size is free (any resolution).
@@ -40,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CONFIG_FILE, WEIGHTS_FILE, RUN_DIR = "prior.json", "prior.safetensors", "prior-run"
+CONTEXT, MIN_CONTEXT = 2, 2  # what `vidlm lm prior` trains by default (3, 1: no clear gain, thirty-second round)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +52,7 @@ class PriorConfig:
     n_codes: int
     """Codes of the video tokenizer (`Vocab.code_size`)."""
     width: int = 128
-    """Channels of the residual blocks (each code embeds to width / 2, two frames side by side)."""
+    """Channels of the residual blocks."""
     layers: int = 6
     """3x3 residual conv blocks (each two convolutions): the receptive field is 4 * layers + 1 cells."""
     refine_rows: int = 0
@@ -55,10 +60,19 @@ class PriorConfig:
     weight: float = 2.0
     """The default weight of its log-probs in sampling (`stream(prior_weight=)`); the first
     generated frame's error saturates from 2 (docs/experiments.md, thirtieth round)."""
+    context: int = 2  # 2 and 2: what a prior.json written before these fields holds
+    """Frames it reads: the `context` nearest before the frame it predicts (after it, for frames
+    generated back in time), each embedded to width / context, side by side."""
+    min_context: int = 2
+    """The fewest whole frames it predicts from. Below `context`, the farther frames a prompt lacks
+    (the first generated frames of t2v, i2v, a loop) are read as blank, a code of their own, and it
+    trains on every count from min_context to context."""
 
     def __post_init__(self):
-        if self.n_codes < 1 or self.width < 16 or self.width % 16 or self.layers < 1 or self.refine_rows < 0:
-            raise ValueError(f"prior: need n_codes >= 1, width a multiple of 16, layers >= 1, refine_rows >= 0; got {self}")
+        if (self.n_codes < 1 or self.width < 16 or self.width % 16 or self.layers < 1 or self.refine_rows < 0
+                or not 1 <= self.min_context <= self.context or self.width % self.context):
+            raise ValueError(f"prior: need n_codes >= 1, width a multiple of 16 and of context, layers >= 1, "
+                             f"refine_rows >= 0, 1 <= min_context <= context; got {self}")
 
 
 class Block(nn.Module):
@@ -74,14 +88,15 @@ class FramePrior(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.cfg = cfg
-        self.emb = nn.Embedding(cfg.n_codes, cfg.width // 2)
+        self.blank = cfg.n_codes if cfg.min_context < cfg.context else None  # the id of a frame not read
+        self.emb = nn.Embedding(cfg.n_codes + (self.blank is not None), cfg.width // cfg.context)
         self.blocks = nn.Sequential(*(Block(cfg.width) for _ in range(cfg.layers)))
         self.out = nn.Sequential(nn.GroupNorm(8, cfg.width), nn.SiLU(), nn.Conv2d(cfg.width, cfg.n_codes, 1))
 
-    def forward(self, far: Tensor, near: Tensor) -> Tensor:
-        """Codes (B,h,w) of the frames two and one steps before (in the direction of generation)
-        -> logits (B,n_codes,h,w) of the frame after them."""
-        x = torch.cat([self.emb(far), self.emb(near)], -1).permute(0, 3, 1, 2)
+    def forward(self, *frames: Tensor) -> Tensor:
+        """Codes (B,h,w) of the `context` frames before one (in the direction of generation), the
+        farthest first (`blank` for a frame not read) -> logits (B,n_codes,h,w) of the frame after them."""
+        x = torch.cat([self.emb(f) for f in frames], -1).permute(0, 3, 1, 2)
         return self.out(self.blocks(x))
 
     def rows(self, h: int) -> int:
@@ -123,7 +138,8 @@ class PriorHook:
     fp32, `weight` x the log-probs of position i's code, or None where the net has nothing to
     say (a fine row, or no two whole frames before it in either direction). The net runs once
     per frame and pair of neighbours (cached on their codes, so rejected drafts never leave a
-    stale prior behind)."""
+    stale prior behind). Where both directions have frames to read (connect's middle), the one
+    with more frames gives the prior, forward on a tie."""
 
     def __init__(self, prior: FramePrior, weight: float, frames, code_start: int):
         # frames: Prompt.frames = (order, h, w, known {t: codes (h,w)})
@@ -148,40 +164,51 @@ class PriorHook:
                 return torch.as_tensor(ids[made[t] * per : made[t] * per + rows * self.w]).view(rows, self.w) - self.lo
             return self.known.get(t)
 
-        t = self.frame_of(f)
-        for far, near in ((codes(t - 2), codes(t - 1)), (codes(t + 2), codes(t + 1))):
-            if far is not None and near is not None:
-                key = (t, far.numpy().tobytes(), near.numpy().tobytes())
-                if key not in self.cache:
-                    device = next(self.prior.parameters()).device
-                    with torch.no_grad():
-                        logits = self.prior(far[None].to(device), near[None].to(device))[0]
-                    self.cache = {key: self.weight * logits.float().log_softmax(0).permute(1, 2, 0)}  # (rows,w,n)
-                return self.cache[key][r // self.w, r % self.w]
-        return None
+        t, cfg = self.frame_of(f), self.prior.cfg
+
+        def read(step: int) -> list[Tensor]:  # the whole frames next to t in one direction, nearest first
+            out = []
+            while len(out) < cfg.context and (c := codes(t + step * (len(out) + 1))) is not None:
+                out.append(c)
+            return out
+
+        near = max(read(-1), read(1), key=len)  # forward on a tie
+        if len(near) < cfg.min_context:
+            return None
+        key = (t, *(c.numpy().tobytes() for c in near))
+        if key not in self.cache:
+            device = next(self.prior.parameters()).device
+            frames = [torch.full_like(near[0], self.prior.blank or 0)] * (cfg.context - len(near)) + near[::-1]
+            with torch.no_grad():
+                logits = self.prior(*(c[None].to(device) for c in frames))[0]
+            self.cache = {key: self.weight * logits.float().log_softmax(0).permute(1, 2, 0)}  # (rows,w,n)
+        return self.cache[key][r // self.w, r % self.w]
 
 
 # ----------------------------------------------------------------------------- training
 def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
-                width: int = 128, layers: int = 6, weight: float = 2.0, val_clips: int = 64, seed: int = 1,
-                every: int = 500, run_dir: str | None = None, log=print) -> dict:
-    """Train a FramePrior on a token folder's clips (windows of three frames, either direction)
-    and write it to `out` (an LM folder). Checkpoints go to `run_dir` (default out/prior-run/)
-    every `every` steps (written whole, then renamed), and a run started again resumes there
-    exactly. Returns the last validation losses."""
+                width: int = 128, layers: int = 6, weight: float = 2.0, context: int = CONTEXT, min_context: int = MIN_CONTEXT,
+                val_clips: int = 64, seed: int = 1, every: int = 500, run_dir: str | None = None, log=print) -> dict:
+    """Train a FramePrior on a token folder's clips (windows of context + 1 frames, either
+    direction; below `context`, half the windows read all their frames and the rest fewer, down
+    to `min_context`) and write it to `out` (an LM folder). Checkpoints go to `run_dir` (default
+    out/prior-run/) every `every` steps (written whole, then renamed), and a run started again
+    resumes there exactly. Returns the last validation losses."""
     from vidlm.lm.tokendata import TokenStore
 
     from vidlm.runtime import warmup_cosine
 
     settings = {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "width": width, "layers": layers,
-                "val_clips": val_clips, "seed": seed}  # what a resumed run must share with the one that saved
+                "context": context, "min_context": min_context, "val_clips": val_clips, "seed": seed}  # what a resumed run must share with the one that saved
     store = TokenStore.open(data)
     if len(store) <= val_clips:
         raise ValueError(f"prior: {data} holds {len(store)} clips; need more than the {val_clips} held out")
     vocab = json.loads((Path(data) / "vocab.json").read_text())
     tok_cfg = Path(data) / "tokenizer" / "config.json"  # two-level codes: the fine rows get no prior
     refine = json.loads(tok_cfg.read_text())["config"].get("refine_rows", 0) if tok_cfg.is_file() else 0
-    cfg = PriorConfig(n_codes=int(vocab["code_size"]), width=width, layers=layers, refine_rows=refine, weight=weight)
+    cfg = PriorConfig(n_codes=int(vocab["code_size"]), width=width, layers=layers, refine_rows=refine, weight=weight,
+                      context=context, min_context=min_context)
+    k = context
     torch.manual_seed(seed)
     net = FramePrior(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
@@ -189,28 +216,34 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
     grids = [c[:, : net.rows(c.shape[1])] for c in (store[i].codes for i in range(len(store)))]  # (T,rows,w)
     train = {}  # (rows, w) -> [(clip, t)]: one grid size per batch
     for c, g in enumerate(grids[:-val_clips]):
-        train.setdefault(tuple(g.shape[1:]), []).extend((c, t) for t in range(g.shape[0] - 2))
-    val = [(c, t) for c in range(len(grids) - val_clips, len(grids)) for t in range(0, grids[c].shape[0] - 2, 3)]
+        train.setdefault(tuple(g.shape[1:]), []).extend((c, t) for t in range(g.shape[0] - k))
+    val = [(c, t) for c in range(len(grids) - val_clips, len(grids)) for t in range(0, grids[c].shape[0] - k, 3)]
     if not train:
-        raise ValueError(f"prior: no clip in {data} has three latent frames")
+        raise ValueError(f"prior: no clip in {data} has {k + 1} latent frames")
     sizes = list(train)
     g = torch.Generator().manual_seed(seed)
 
-    def windows(ws: list, back: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        w = torch.stack([grids[c][t : t + 3] for c, t in ws])
+    def windows(ws: list, back: Tensor, reads: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The frames each window's net reads (farthest first; `reads` of them whole, the farther
+        ones blank) and the frame it predicts."""
+        w = torch.stack([grids[c][t : t + k + 1] for c, t in ws])
         w = torch.where(back[:, None, None, None], w.flip(1), w)
-        return w[:, 0], w[:, 1], w[:, 2]
+        blank = torch.arange(k)[None] < (k - reads)[:, None]  # (B,k)
+        frames = torch.where(blank[:, :, None, None], net.blank or 0, w[:, :k])
+        return list(frames.unbind(1)), w[:, k]
 
     @torch.no_grad()
     def validate() -> dict:
         net.eval()
         out = {}
-        for name, back in (("val/forward", False), ("val/back", True)):
+        runs = [("forward", False, k), ("back", True, k)] + ([(f"forward@{min_context}", False, min_context)]
+                                                              if min_context < k else [])
+        for name, back, reads in runs:
             losses = []
             for ws in _groups(val, grids):
-                far, near, target = windows(ws, torch.full((len(ws),), back))
-                losses.append(F.cross_entropy(net(far, near), target))
-            out[name] = round(float(sum(losses) / len(losses)), 4)
+                frames, target = windows(ws, torch.full((len(ws),), back), torch.full((len(ws),), reads))
+                losses.append(F.cross_entropy(net(*frames), target))
+            out[f"val/{name}"] = round(float(sum(losses) / len(losses)), 4)
         net.train()
         return out
 
@@ -234,8 +267,13 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
     while step < steps:
         size = sizes[int(torch.multinomial(weights, 1, generator=g))]
         ws = [train[size][int(k)] for k in torch.randint(len(train[size]), (batch,), generator=g)]
-        far, near, target = windows(ws, torch.rand(batch, generator=g) < 0.5)
-        loss = F.cross_entropy(net(far, near), target)
+        back = torch.rand(batch, generator=g) < 0.5
+        reads = torch.full((batch,), k)
+        if min_context < k:  # half the windows read fewer frames
+            fewer = torch.randint(min_context, k, (batch,), generator=g)
+            reads = torch.where(torch.rand(batch, generator=g) < 0.5, fewer, reads)
+        frames, target = windows(ws, back, reads)
+        loss = F.cross_entropy(net(*frames), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

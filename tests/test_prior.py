@@ -11,10 +11,10 @@ from vidlm.lm.tasks import render_prompt
 from vidlm.pipeline import VideoGenerator
 
 
-def with_prior(gen: VideoGenerator, weight: float = 4.0, seed: int = 0) -> VideoGenerator:
+def with_prior(gen: VideoGenerator, weight: float = 4.0, seed: int = 0, **cfg) -> VideoGenerator:
     torch.manual_seed(seed)
-    gen.prior = FramePrior(PriorConfig(n_codes=gen.vocab.code_size, width=16, layers=1, weight=weight,
-                                       refine_rows=gen.tokenizer.cfg.refine_rows)).eval()
+    gen.prior = FramePrior(PriorConfig(n_codes=gen.vocab.code_size, width=48, layers=1, weight=weight,
+                                       refine_rows=gen.tokenizer.cfg.refine_rows, **cfg)).eval()
     return gen
 
 
@@ -23,18 +23,26 @@ def prior_gen():
     return with_prior(VideoGenerator.random("debug", tokenizer="debug", seed=0))
 
 
+@pytest.fixture(scope="module")
+def prior3_gen():
+    """A prior reading three frames, or fewer down to one (the rest blank)."""
+    return with_prior(VideoGenerator.random("debug", tokenizer="debug", seed=0), context=3, min_context=1)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("task", list(TASKS))
-def test_speculative_samples_the_product_plain_decoding_samples(prior_gen, task, temperature):
+@pytest.mark.parametrize("which", ["prior_gen", "prior3_gen"])
+def test_speculative_samples_the_product_plain_decoding_samples(which, task, temperature, request):
     """Drafts see the prior their frame gets given the drafts before them: the tokens stay plain
     decoding's, and the prior does change them."""
+    prior_gen = request.getfixturevalue(which)
     video = torch.rand(3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     opts = {"temperature": temperature, "top_k": 24, "cfg_text": 2.0, "seed": 0}
     plain = TASKS[task](prior_gen, video, speculative=0, **opts).codes
     fast = TASKS[task](prior_gen, video, speculative=8, **opts).codes
     assert torch.equal(plain, fast), task
     alone = TASKS[task](prior_gen, video, speculative=0, prior_weight=0, **opts).codes
-    if task not in ("t2i", "edit"):  # no frame with two neighbours to read (edit: 2 latent frames)
+    if task != "t2i" and (task != "edit" or prior_gen.prior.cfg.min_context == 1):  # edit: 2 latent frames
         assert not torch.equal(plain, alone), task
     else:
         assert torch.equal(plain, alone), task
@@ -72,6 +80,35 @@ def test_the_hook_reads_known_and_generated_frames_but_not_edit_signals(prior_ge
     assert hook("edit", [(None, codes)])(2 * per, [lo] * (2 * per)) is not None
 
 
+def test_a_prior_of_three_frames_reads_what_there_is(prior3_gen):
+    """Context 3, min_context 1: the frames a prompt lacks are read as blank, the nearest last;
+    where both directions have frames (connect's middle), the one with more."""
+    vocab, lo, prior = prior3_gen.vocab, prior3_gen.vocab.code_range[0], prior3_gen.prior
+    codes = torch.randint(vocab.code_size, (5, 2, 3), generator=torch.Generator().manual_seed(0))
+    blank = torch.full((2, 3), prior.blank)
+    ids = lambda *frames: [i for c in frames for i in vocab.codes_to_ids(c).reshape(-1).tolist()]
+
+    def expect(*frames):  # the farthest first
+        return 2.0 * prior(*(f[None] for f in frames))[0].log_softmax(0)[:, 0, 0]
+
+    def hook(task, known):
+        return PriorHook(prior, 2.0, render_prompt(task, vocab, grid=(5, 2, 3), known=known).frames, lo)
+
+    t2v, per = hook("t2v", []), 6
+    assert t2v(0, []) is None  # frame 0: nothing to read
+    assert torch.allclose(t2v(per, ids(codes[0])), expect(blank, blank, codes[0]))
+    assert torch.allclose(t2v(2 * per, ids(*codes[:2])), expect(blank, codes[0], codes[1]))
+    assert torch.allclose(t2v(4 * per, ids(*codes[:4])), expect(codes[1], codes[2], codes[3]))
+    # connect (head frame 0, ending frame 4) generates frames 1, 3, 2: frame 3 reads back from 4,
+    # and frame 2 has frames 1, 0 before it and 3, 4 after it: a tie, forward
+    con = hook("connect", [(0, codes[:1]), (4, codes[4:])])
+    assert torch.allclose(con(per, ids(codes[1])), expect(blank, blank, codes[4]))
+    assert torch.allclose(con(2 * per, ids(codes[1], codes[3])), expect(blank, codes[0], codes[1]))
+    # extend-backward from frames 2, 3, 4 generates frame 1 from all three, back in time
+    back = hook("extend-backward", [(2, codes[2:])])
+    assert torch.allclose(back(0, []), expect(codes[4], codes[3], codes[2]))
+
+
 def test_the_prior_trains_resumes_exactly_and_loads_with_the_model(tmp_path, debug_model_dir):
     """`vidlm lm prior` on a token folder: the loss falls; a run stopped after a checkpoint
     resumes there and ends where the whole run ends; the model folder loads with its prior."""
@@ -99,6 +136,8 @@ def test_the_prior_trains_resumes_exactly_and_loads_with_the_model(tmp_path, deb
     assert (tmp_path / "resumed" / "prior-run" / "state.pt").is_file()  # step 20's
     assert train_prior(str(tokens), str(tmp_path / "resumed"), **opts) == whole
     assert not (tmp_path / "resumed" / "prior-run").exists()  # finished: no run state left behind
+    three = train_prior(str(tokens), str(tmp_path / "three"), **{**opts, "width": 48}, context=3, min_context=1)
+    assert three["val/forward"] < 4.6 and three["val/forward@1"] < 4.6  # reading three frames, or one
 
     model = tmp_path / "model"
     shutil.copytree(debug_model_dir, model)

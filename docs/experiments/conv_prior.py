@@ -118,13 +118,14 @@ for video, background, _obj, (_, c1, c2) in motion_clips(a.clips):
     errors["copy frame 1"].append(np.linalg.norm(c1 - c2))
     prompt = render_prompt("extend-forward", vocab, grid=(3, *codes.shape[1:]), known=[(0, codes[:2])], places=places)
     for beta in a.betas:
-        model = WithPrior(beta, grid)
+        # a frame prior of an LM folder goes through the sampler itself (any context it reads)
+        model, opts = (lm, {"prior": net, "prior_weight": beta}) if isinstance(net, FramePrior) else (WithPrior(beta, grid), {})
         for temp in a.temperatures:
             name = f"beta {beta}, T {temp}"
             for s in range(1 if temp == 0 else a.samples):
                 with torch.no_grad():
                     new = generate(model, prompt, legal=vocab.code_range, temperature=temp,
-                                   generator=torch.Generator().manual_seed(s))
+                                   generator=torch.Generator().manual_seed(s), **opts)
                 c = centre(vocab.ids_to_codes(new[0]).view(codes.shape[1:]), background)
                 if c is None:
                     missed[name] = missed.get(name, 0) + 1
