@@ -136,10 +136,10 @@ class PriorHook:
     ids at generated positions (sampled, or drafted by a speculative pass; only those before i
     are read) -> (n_codes,)
     fp32, `weight` x the log-probs of position i's code, or None where the net has nothing to
-    say (a fine row, or no two whole frames before it in either direction). The net runs once
-    per frame and pair of neighbours (cached on their codes, so rejected drafts never leave a
-    stale prior behind). Where both directions have frames to read (connect's middle), the one
-    with more frames gives the prior, forward on a tie."""
+    say (a fine row, or fewer than `min_context` whole frames next to it in either direction).
+    The net runs once per frame and the neighbours it reads (cached on their codes, so rejected
+    drafts never leave a stale prior behind). Where both directions have frames to read
+    (connect's middle), the one with more frames gives the prior, forward on a tie."""
 
     def __init__(self, prior: FramePrior, weight: float, frames, code_start: int):
         # frames: Prompt.frames = (order, h, w, known {t: codes (h,w)})
@@ -187,8 +187,8 @@ class PriorHook:
 
 # ----------------------------------------------------------------------------- training
 def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: float = 1e-3, warmup: int = 100,
-                width: int = 128, layers: int = 6, weight: float = 2.0, context: int = CONTEXT, min_context: int = MIN_CONTEXT,
-                val_clips: int = 64, seed: int = 1, every: int = 500, run_dir: str | None = None, log=print) -> dict:
+                width: int = 128, layers: int = 6, weight: float = 2.0, context: int = CONTEXT,
+                min_context: int = MIN_CONTEXT, val_clips: int = 64, seed: int = 1, every: int = 500, run_dir: str | None = None, log=print) -> dict:
     """Train a FramePrior on a token folder's clips (windows of context + 1 frames, either
     direction; below `context`, half the windows read all their frames and the rest fewer, down
     to `min_context`) and write it to `out` (an LM folder). Checkpoints go to `run_dir` (default
@@ -199,7 +199,8 @@ def train_prior(data: str, out: str, *, steps: int = 3000, batch: int = 64, lr: 
     from vidlm.runtime import warmup_cosine
 
     settings = {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "width": width, "layers": layers,
-                "context": context, "min_context": min_context, "val_clips": val_clips, "seed": seed}  # what a resumed run must share with the one that saved
+                "context": context, "min_context": min_context, "val_clips": val_clips,
+                "seed": seed}  # what a resumed run must share with the one that saved
     store = TokenStore.open(data)
     if len(store) <= val_clips:
         raise ValueError(f"prior: {data} holds {len(store)} clips; need more than the {val_clips} held out")
